@@ -1,0 +1,277 @@
+"""The command line: migrate, seed, add/list/remove reports, manage tokens, serve."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import Settings, SettingsError
+from .db import DatabaseURLError, make_engine, sqlite_path
+from .errors import SchemaNotReady, ServiceError
+from .migrate import head_revision, upgrade
+from .records import NewReport, new_token
+from .repository import ReportRepository
+
+TUTORIAL_REPORTS = [
+    NewReport(f"report{n}", f"Report {n}", f"This is the content of report {n}")
+    for n in range(1, 5)
+]
+FIRST_TOKEN_NAME = "default"  # noqa: S105 - a token's name, not a secret
+
+
+class CommandError(Exception):
+    """An error a user caused: printed as one line, exit status 1."""
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        handler: Callable[[argparse.Namespace, Settings], int] = args.handler
+        return handler(args, settings)
+    except (CommandError, ServiceError, SettingsError, DatabaseURLError, ValueError) as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Reports service: with no command, seeds the tutorial's four reports.",
+        epilog="Settings come from REPORTS_* environment variables; `settings` lists them.",
+    )
+    parser.set_defaults(handler=run_async(cmd_seed))
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    sub.add_parser("migrate", help="create or upgrade the schema (alembic upgrade head)")
+    sub.choices["migrate"].set_defaults(handler=cmd_migrate)
+    sub.add_parser("seed", help="add the tutorial's four reports (skips those present)")
+    sub.choices["seed"].set_defaults(handler=run_async(cmd_seed))
+
+    add = sub.add_parser("add", help="add a report, or many from a JSON / JSON-lines file")
+    add.add_argument("name", nargs="?", help="the report's name (its lookup key)")
+    add.add_argument("--title", help="the report's title")
+    add.add_argument("--content", default="", help="the report's content")
+    add.add_argument("--file", type=Path, help="JSON list or JSON lines of {name, title, content}")
+    add.add_argument("--replace", action="store_true", help="overwrite reports that exist")
+    add.set_defaults(handler=run_async(cmd_add))
+
+    lst = sub.add_parser("list", help="list reports by name")
+    lst.add_argument("--limit", type=int, help="show at most this many")
+    lst.set_defaults(handler=run_async(cmd_list))
+
+    rm = sub.add_parser("remove", help="remove a report")
+    rm.add_argument("name")
+    rm.set_defaults(handler=run_async(cmd_remove))
+
+    token = sub.add_parser("token", help="manage access tokens for /reports")
+    tsub = token.add_subparsers(title="token commands", metavar="ACTION", required=True)
+    create = tsub.add_parser("create", help="create a token and print it once")
+    create.add_argument("name")
+    create.add_argument("--value", help="use this token instead of a random one")
+    create.set_defaults(handler=run_async(cmd_token_create))
+    tsub.add_parser("list", help="token names and dates (never the tokens)").set_defaults(
+        handler=run_async(cmd_token_list)
+    )
+    revoke = tsub.add_parser("revoke", help="revoke a token: it no longer authenticates")
+    revoke.add_argument("name")
+    revoke.set_defaults(handler=run_async(cmd_token_revoke))
+
+    serve = sub.add_parser("serve", help="run the server with production settings")
+    up = sub.add_parser("up", help="migrate, seed, create a first token if none, then serve")
+    for p in (serve, up):
+        p.add_argument("--host", help="overrides REPORTS_HOST")
+        p.add_argument("--port", type=int, help="overrides REPORTS_PORT")
+        p.add_argument("--workers", type=int, help="overrides REPORTS_WORKERS")
+    serve.set_defaults(handler=cmd_serve)
+    up.set_defaults(handler=cmd_up)
+
+    sub.add_parser("settings", help="list every setting").set_defaults(handler=cmd_settings)
+    return parser
+
+
+# -- plumbing -------------------------------------------------------------------------------
+
+Command = Callable[[argparse.Namespace, ReportRepository], Awaitable[int]]
+
+
+def run_async(command: Command) -> Callable[[argparse.Namespace, Settings], int]:
+    """Run ``command`` on a repository over a migrated database."""
+
+    def handler(args: argparse.Namespace, settings: Settings) -> int:
+        path = sqlite_path(settings.database_url)
+        if path is not None and not Path(path).exists():
+            raise CommandError(
+                f"database file {path} does not exist: run `reports-service migrate`"
+            )
+        return asyncio.run(_with_repository(command, args, settings))
+
+    return handler
+
+
+async def _with_repository(command: Command, args: argparse.Namespace, settings: Settings) -> int:
+    repository = ReportRepository(
+        make_engine(settings.database_url, busy_timeout=settings.sqlite_busy_timeout)
+    )
+    try:
+        revision = await repository.schema_revision()
+        if revision != head_revision():
+            raise SchemaNotReady(
+                f"the database is at migration {revision or 'none'}, not {head_revision()}: "
+                "run `reports-service migrate`"
+            )
+        return await command(args, repository)
+    finally:
+        await repository.dispose()
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        upgrade(settings.database_url)
+    except Exception as error:  # Alembic and the drivers raise many kinds
+        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CommandError(f"migration failed: {message}") from None
+    _say(f"database {settings.masked_database_url()} is at migration {head_revision()}")
+    return 0
+
+
+async def cmd_seed(args: argparse.Namespace, repository: ReportRepository) -> int:
+    existing = {r.name for r in await repository.list_reports()}
+    missing = [r for r in TUTORIAL_REPORTS if r.name not in existing]
+    await repository.add_reports(missing)
+    _say(f"seeded {len(missing)} reports ({len(TUTORIAL_REPORTS) - len(missing)} already there)")
+    return 0
+
+
+async def cmd_add(args: argparse.Namespace, repository: ReportRepository) -> int:
+    if args.file is not None:
+        if args.name is not None or args.title is not None:
+            raise CommandError("give either NAME --title ... or --file, not both")
+        items = read_reports_file(args.file)
+    else:
+        if args.name is None or args.title is None:
+            raise CommandError("add needs NAME and --title (or --file FILE)")
+        items = [NewReport(args.name, args.title, args.content)]
+    count = await repository.add_reports(items, replace=args.replace)
+    _say(f"added {count} report{'s' if count != 1 else ''}")
+    return 0
+
+
+async def cmd_list(args: argparse.Namespace, repository: ReportRepository) -> int:
+    for report in await repository.list_reports(limit=args.limit):
+        _say(f"{report.name}\t{report.title}\t{report.updated_at.isoformat()}")
+    return 0
+
+
+async def cmd_remove(args: argparse.Namespace, repository: ReportRepository) -> int:
+    if not await repository.remove_report(name=args.name):
+        raise CommandError(f"no report named {args.name!r}")
+    _say(f"removed {args.name}")
+    return 0
+
+
+async def cmd_token_create(args: argparse.Namespace, repository: ReportRepository) -> int:
+    token = args.value if args.value is not None else new_token()
+    if not token.strip():
+        raise CommandError("a token must not be empty")
+    await repository.create_token(name=args.name, token=token)
+    _say(token)
+    return 0
+
+
+async def cmd_token_list(args: argparse.Namespace, repository: ReportRepository) -> int:
+    for info in await repository.list_tokens():
+        state = f"revoked {info.revoked_at.isoformat()}" if info.revoked_at else "active"
+        _say(f"{info.name}\tcreated {info.created_at.isoformat()}\t{state}")
+    return 0
+
+
+async def cmd_token_revoke(args: argparse.Namespace, repository: ReportRepository) -> int:
+    if not await repository.revoke_token(name=args.name):
+        raise CommandError(f"no active token named {args.name!r}")
+    _say(f"revoked {args.name}")
+    return 0
+
+
+async def _first_token(args: argparse.Namespace, repository: ReportRepository) -> int:
+    if not await repository.list_tokens():
+        token = new_token()
+        await repository.create_token(name=FIRST_TOKEN_NAME, token=token)
+        _say(f"access token for /reports (shown once, keep it): {token}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    cmd_migrate(args, settings)
+    run_async(cmd_seed)(args, settings)
+    run_async(_first_token)(args, settings)
+    return cmd_serve(args, settings)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .server import serve
+
+    overrides = {k: getattr(args, k) for k in ("host", "port", "workers")}
+    serve(settings, **{k: v for k, v in overrides.items() if v is not None})
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
+    for env, default, doc in Settings.describe():
+        _say(f"{env} (default {default}): {doc}")
+    return 0
+
+
+def read_reports_file(path: Path) -> list[NewReport]:
+    """Reports from a JSON list of objects, or JSON lines with one object a line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CommandError(f"cannot read {path}: {error}") from None
+    try:
+        data = json.loads(text)
+        entries: list[tuple[str, Any]] = (
+            [(f"item {i + 1}", e) for i, e in enumerate(data)]
+            if isinstance(data, list)
+            else [("the file", data)]
+        )
+    except json.JSONDecodeError:
+        entries = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    entries.append((f"line {number}", json.loads(line)))
+                except json.JSONDecodeError as error:
+                    raise CommandError(
+                        f"{path} line {number}: invalid JSON ({error.msg})"
+                    ) from None
+    return [_report_from(path, where, entry) for where, entry in entries]
+
+
+def _report_from(path: Path, where: str, entry: Any) -> NewReport:
+    if not isinstance(entry, dict):
+        raise CommandError(f"{path} {where}: expected an object with name, title, content")
+    unknown = set(entry) - {"name", "title", "content"}
+    if unknown:
+        raise CommandError(f"{path} {where}: unknown field {sorted(unknown)[0]!r}")
+    if "name" not in entry or "title" not in entry:
+        raise CommandError(f"{path} {where}: name and title are required")
+    try:
+        return NewReport(entry["name"], entry["title"], entry.get("content", ""))
+    except ValueError as error:
+        raise CommandError(f"{path} {where}: {error}") from None

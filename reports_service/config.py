@@ -1,0 +1,83 @@
+"""Every setting of the service: its environment variable, default and meaning, in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "REPORTS_"
+
+
+def setting(default: Any, doc: str) -> Any:
+    """A dataclass field that carries its one-line documentation."""
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Settings read from ``REPORTS_*`` environment variables (field ``x`` <- ``REPORTS_X``)."""
+
+    database_url: str = setting(
+        "sqlite+aiosqlite:///reports.db",
+        "SQLAlchemy URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB",
+    )
+    auth_timeout: float = setting(
+        10.0, "seconds a /reports client has to send its token before it is closed (1008)"
+    )
+    sqlite_busy_timeout: float = setting(
+        5.0, "seconds a SQLite writer waits for another writer's lock before giving up"
+    )
+    max_message_bytes: int = setting(
+        65536, "largest WebSocket message accepted; a larger one is closed with 1009"
+    )
+    host: str = setting("127.0.0.1", "address `reports-service serve` listens on")
+    port: int = setting(8000, "port `reports-service serve` listens on")
+    workers: int = setting(1, "uvicorn worker processes for `reports-service serve`")
+    ws_ping_interval: float = setting(20.0, "seconds between server pings to each client")
+    ws_ping_timeout: float = setting(20.0, "seconds to wait for a pong before dropping a client")
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``); unknown values fail loudly."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(f.name, raw, type(f.default))
+        return cls(**values)
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, str, str]]:
+        """(environment variable, default, doc) for every setting."""
+        return [
+            (ENV_PREFIX + f.name.upper(), str(f.default), f.metadata["doc"])
+            for f in dataclasses.fields(cls)
+        ]
+
+    def masked_database_url(self) -> str:
+        """The database URL with any password replaced, safe to log."""
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+
+class SettingsError(ValueError):
+    """A setting's value cannot be used."""
+
+
+def _convert(name: str, raw: str, kind: type) -> Any:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}"
+        ) from None
+    if kind in (int, float) and value < 0:
+        raise SettingsError(f"{ENV_PREFIX}{name.upper()} must not be negative")
+    return value

@@ -1,0 +1,65 @@
+"""Engine factory: SQLite through aiosqlite or PostgreSQL through asyncpg, chosen by URL scheme."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+# NOTE: connections of an engine made with this option start their transactions with
+#   BEGIN IMMEDIATE, so a SQLite writer takes the write lock up front (and waits for it up to
+#   the busy timeout) instead of failing with "database is locked" when it upgrades a read.
+WRITE_OPTIONS = {"sqlite_begin": "BEGIN IMMEDIATE"}
+
+
+class DatabaseURLError(ValueError):
+    """The database URL names a backend this service does not support."""
+
+
+def is_sqlite(url: str | URL) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: str | URL) -> str | None:
+    """The file behind a SQLite URL, or None for an in-memory database."""
+    database = make_url(url).database
+    return database if database and database != ":memory:" else None
+
+
+def make_engine(url: str, *, busy_timeout: float = 5.0, **kwargs: Any) -> AsyncEngine:
+    """An async engine for ``url``; SQLite gets WAL, a busy timeout and explicit BEGINs."""
+    parsed = make_url(url)
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "sqlite":
+        if driver != "aiosqlite":
+            raise DatabaseURLError(f"use sqlite+aiosqlite:// for SQLite, not {parsed.drivername}")
+        engine = create_async_engine(parsed, connect_args={"timeout": busy_timeout}, **kwargs)
+        _sqlite_recipe(engine, busy_timeout)
+        return engine
+    if backend == "postgresql":
+        if driver != "asyncpg":
+            raise DatabaseURLError(
+                f"use postgresql+asyncpg:// for PostgreSQL, not {parsed.drivername}"
+            )
+        return create_async_engine(parsed, pool_pre_ping=True, **kwargs)
+    raise DatabaseURLError(f"unsupported database {parsed.drivername!r}: use SQLite or PostgreSQL")
+
+
+def _sqlite_recipe(engine: AsyncEngine, busy_timeout: float) -> None:
+    # NOTE: SQLAlchemy's documented recipe for SQLite transactions: switch off the driver's own
+    #   implicit BEGIN and emit ours, so that writers can use BEGIN IMMEDIATE.
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))

@@ -1,0 +1,28 @@
+"""Errors a user can meet; each message is one line meant for people."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of the errors this service reports to users."""
+
+
+class DatabaseUnavailable(ServiceError):
+    """The database cannot be reached or is locked; retrying later can succeed."""
+
+
+class SchemaNotReady(ServiceError):
+    """The database has not been migrated to the schema this code needs."""
+
+
+class DuplicateReports(ServiceError):
+    """Reports with these names exist already."""
+
+    def __init__(self, names: list[str]) -> None:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        super().__init__(f"report already exists: {shown} (use --replace to overwrite)")
+        self.names = names
+
+
+class DuplicateToken(ServiceError):
+    """A token with this name exists already."""

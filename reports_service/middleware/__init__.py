@@ -1,0 +1,7 @@
+"""Falcon middleware: lifecycle, connection logging, first-message authentication."""
+
+from .auth import AuthMiddleware
+from .lifecycle import LifecycleMiddleware
+from .logging import LoggingMiddleware
+
+__all__ = ["AuthMiddleware", "LifecycleMiddleware", "LoggingMiddleware"]

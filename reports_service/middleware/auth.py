@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any, NoReturn
+
+from falcon import WebSocketDisconnected
+from falcon.asgi import Request, WebSocket
+
+from ..errors import ServiceError
+from ..protocol import token_of
+from ..repository import ReportRepository
+
+logger = logging.getLogger("reports_service.auth")
+
+POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
+
+
+class AuthMiddleware:
+    """First-message authentication for the routes it protects, and only those.
+
+    The connection is accepted, the first message must be a live access token, sent within
+    ``timeout`` seconds; otherwise the connection is closed with 1008 before the route runs.
+    """
+
+    def __init__(
+        self, repository: ReportRepository, protected: Iterable[str], *, timeout: float
+    ) -> None:
+        self._repository = repository
+        self._protected = frozenset(protected)
+        self._timeout = timeout
+
+    async def process_resource_ws(
+        self, req: Request, ws: WebSocket, resource: object, params: dict[str, Any]
+    ) -> None:
+        # NOTE: this runs after routing, so a path with no route is refused by Falcon before
+        #   anything is accepted (the tutorial accepted every path first).
+        if req.uri_template not in self._protected:
+            return
+        await ws.accept()
+        try:
+            first = await asyncio.wait_for(ws.receive_media(), self._timeout)
+        except TimeoutError:
+            await self._reject(ws, req, POLICY_VIOLATION, "authentication timed out")
+        token = token_of(first)  # type: ignore[arg-type]
+        try:
+            name = None if token is None else await self._repository.authenticate(token)
+        except ServiceError:
+            await self._reject(ws, req, TRY_AGAIN_LATER, "service unavailable")
+        if name is None:
+            await self._reject(ws, req, POLICY_VIOLATION, "invalid token")
+        req.context.token_name = name
+        logger.info("authenticated %s as %r", req.remote_addr, name)
+
+    @staticmethod
+    async def _reject(ws: WebSocket, req: Request, code: int, reason: str) -> NoReturn:
+        logger.info("refused %s on %s: %s", req.remote_addr, req.path, reason)
+        await ws.close(code, reason)
+        # NOTE: raising ends the request here, so the route's responder never runs.
+        raise WebSocketDisconnected(code)

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..errors import ServiceError
+from ..migrate import head_revision
+from ..repository import ReportRepository
+
+logger = logging.getLogger("reports_service")
+
+
+class LifecycleMiddleware:
+    """Checks the database at start-up and disposes of its connections at shutdown."""
+
+    def __init__(self, repository: ReportRepository, database: str) -> None:
+        self._repository = repository
+        self._database = database
+
+    async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        try:
+            revision = await self._repository.schema_revision()
+        except ServiceError as error:
+            logger.error("database %s: %s", self._database, error)
+            return
+        if revision != head_revision():
+            logger.error(
+                "database %s is at migration %s, not %s: run `reports-service migrate`",
+                self._database,
+                revision,
+                head_revision(),
+            )
+        else:
+            logger.info("serving reports from %s", self._database)
+
+    async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        await self._repository.dispose()

@@ -1,0 +1,35 @@
+"""Running uvicorn with the settings a production deployment wants."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import uvicorn
+
+from .config import Settings
+from .logs import configure_logging
+
+
+def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """uvicorn.run() keyword arguments: small messages, no compression, pings, sansio protocol."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.max_message_bytes,
+        "ws_per_message_deflate": False,
+        "ws_ping_interval": settings.ws_ping_interval,
+        "ws_ping_timeout": settings.ws_ping_timeout,
+        "lifespan": "on",
+        "log_level": settings.log_level.lower(),
+        "timeout_graceful_shutdown": 10,
+        "server_header": False,
+    }
+    options.update(overrides)
+    return options
+
+
+def serve(settings: Settings, **overrides: Any) -> None:
+    configure_logging(settings.log_level)
+    uvicorn.run("reports_service.asgi:app", **uvicorn_options(settings, **overrides))

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from falcon.testing import ASGIConductor
+
+from reports_service.app import create_app
+from reports_service.config import Settings
+from reports_service.db import make_engine
+from reports_service.records import NewReport
+from reports_service.repository import ReportRepository
+
+from .databases import PostgresTemplate, SQLiteTemplate, backends
+
+TOKEN = "test-token-0123456789"
+TUTORIAL = [NewReport(f"report{n}", f"Report {n}", f"This is the content of report {n}") for n in range(1, 5)]
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> SQLiteTemplate:
+    return SQLiteTemplate(tmp_path_factory.mktemp("template"))
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[PostgresTemplate]:
+    template = PostgresTemplate()
+    yield template
+    template.close()
+
+
+@pytest.fixture(params=backends())
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated, empty database on each backend under test."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_template").new_database(tmp_path)
+        return
+    template: PostgresTemplate = request.getfixturevalue("postgres_template")
+    url = template.new_database()
+    yield url
+    template.drop(url)
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return Settings(database_url=db_url, auth_timeout=2.0)
+
+
+@pytest.fixture
+def db_env(db_url: str) -> dict[str, str]:
+    """The environment a subprocess (seed.py, the server) needs to use the test database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPORTS_")}
+    env["REPORTS_DATABASE_URL"] = db_url
+    return env
+
+
+@pytest.fixture
+async def repository(settings: Settings) -> AsyncIterator[ReportRepository]:
+    repo = ReportRepository(make_engine(settings.database_url))
+    await repo.add_reports(TUTORIAL)
+    await repo.create_token(name="test", token=TOKEN)
+    yield repo
+    await repo.dispose()
+
+
+@pytest.fixture
+async def conductor(settings: Settings, repository: ReportRepository) -> AsyncIterator[ASGIConductor]:
+    async with ASGIConductor(create_app(settings)) as conductor:
+        yield conductor
