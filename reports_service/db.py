@@ -24,8 +24,10 @@ def is_sqlite(url: str | URL) -> bool:
 
 def sqlite_path(url: str | URL) -> str | None:
     """The file behind a SQLite URL, or None for an in-memory database."""
-    database = make_url(url).database
-    return database if database and database != ":memory:" else None
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return parsed.database
 
 
 def make_engine(url: str, *, busy_timeout: float = 5.0, **kwargs: Any) -> AsyncEngine:

@@ -14,9 +14,13 @@ from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
 from .databases import PostgresTemplate, SQLiteTemplate, backends
+from .server import Server
 
 TOKEN = "test-token-0123456789"
-TUTORIAL = [NewReport(f"report{n}", f"Report {n}", f"This is the content of report {n}") for n in range(1, 5)]
+TUTORIAL = [
+    NewReport(f"report{n}", f"Report {n}", f"This is the content of report {n}")
+    for n in range(1, 5)
+]
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +70,18 @@ async def repository(settings: Settings) -> AsyncIterator[ReportRepository]:
 
 
 @pytest.fixture
-async def conductor(settings: Settings, repository: ReportRepository) -> AsyncIterator[ASGIConductor]:
+async def conductor(
+    settings: Settings, repository: ReportRepository
+) -> AsyncIterator[ASGIConductor]:
     async with ASGIConductor(create_app(settings)) as conductor:
         yield conductor
+
+
+@pytest.fixture
+def server(
+    db_env: dict[str, str], repository: ReportRepository, tmp_path: Path
+) -> Iterator[Server]:
+    """A real uvicorn server on a free port, on this test's database (seeded, with TOKEN)."""
+    srv = Server({**db_env, "TMPDIR": str(tmp_path)})
+    yield srv
+    srv.stop()

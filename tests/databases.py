@@ -45,7 +45,9 @@ class PostgresTemplate:
         self.prefix = f"reports_test_{os.getpid()}"
         self.template = f"{self.prefix}_template"
         self.created: list[str] = []
-        self._admin(f'DROP DATABASE IF EXISTS "{self.template}"', f'CREATE DATABASE "{self.template}"')
+        self._admin(
+            f'DROP DATABASE IF EXISTS "{self.template}"', f'CREATE DATABASE "{self.template}"'
+        )
         upgrade(self.url(self.template))
 
     def url(self, database: str) -> str:

@@ -20,7 +20,9 @@ def test_values_from_environment() -> None:
     assert settings.port == 9000
 
 
-@pytest.mark.parametrize(("name", "value"), [("REPORTS_PORT", "eighty"), ("REPORTS_AUTH_TIMEOUT", "-1")])
+@pytest.mark.parametrize(
+    ("name", "value"), [("REPORTS_PORT", "eighty"), ("REPORTS_AUTH_TIMEOUT", "-1")]
+)
 def test_bad_values_fail_with_the_variable_named(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})

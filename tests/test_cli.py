@@ -1,0 +1,148 @@
+"""The seed script as a user runs it: a separate process, one clear line for every error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .databases import sqlite_url
+from .server import run_cli
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert fragment in result.stderr
+
+
+def names(db_env: dict[str, str]) -> list[str]:
+    listed = run_cli(db_env, "list")
+    assert listed.returncode == 0, listed.stderr
+    return [line.split("\t")[0] for line in listed.stdout.splitlines()]
+
+
+def test_seed_is_idempotent(db_env: dict[str, str]) -> None:
+    first = run_cli(db_env)
+    assert first.returncode == 0, first.stderr
+    assert "seeded 4 reports" in first.stdout
+    again = run_cli(db_env)
+    assert again.returncode == 0
+    assert "seeded 0 reports (4 already there)" in again.stdout
+    listed = run_cli(db_env, "list").stdout.splitlines()
+    assert [line.split("\t")[:2] for line in listed] == [
+        [f"report{n}", f"Report {n}"] for n in range(1, 5)
+    ]
+
+
+def test_add_then_duplicate_fails_and_changes_nothing(db_env: dict[str, str]) -> None:
+    assert run_cli(db_env, "add", "r", "--title", "First", "--content", "c").returncode == 0
+    duplicate = run_cli(db_env, "add", "r", "--title", "Second")
+    assert_one_line_error(duplicate, "already exists: r")
+    assert "\tFirst\t" in run_cli(db_env, "list").stdout
+    replaced = run_cli(db_env, "add", "r", "--title", "Second", "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert "\tSecond\t" in run_cli(db_env, "list").stdout
+
+
+@pytest.mark.parametrize("form", ["json", "jsonl"])
+def test_add_many_from_file(db_env: dict[str, str], tmp_path: Path, form: str) -> None:
+    items = [{"name": f"bulk{i}", "title": f"Bulk {i}", "content": "x"} for i in range(250)]
+    path = tmp_path / f"reports.{form}"
+    text = json.dumps(items) if form == "json" else "\n".join(json.dumps(i) for i in items)
+    path.write_text(text)
+    added = run_cli(db_env, "add", "--file", str(path))
+    assert added.returncode == 0, added.stderr
+    assert "added 250 reports" in added.stdout
+    assert len(names(db_env)) == 250
+
+
+def test_file_is_all_or_nothing(db_env: dict[str, str], tmp_path: Path) -> None:
+    assert run_cli(db_env, "add", "taken", "--title", "T").returncode == 0
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"name": "new1", "title": "N"}\n{"name": "taken", "title": "T2"}\n')
+    assert_one_line_error(run_cli(db_env, "add", "--file", str(path)), "already exists: taken")
+    assert names(db_env) == ["taken"]
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ('{"name": "a", "title": "A"}\n{broken\n', "line 2: invalid JSON"),
+        ('[{"name": "a"}]', "item 1: name and title are required"),
+        ('[{"name": "a", "title": "A", "colour": "red"}]', "unknown field 'colour'"),
+        ('[{"name": "", "title": "A"}]', "name must not be empty"),
+        ('[{"name": 5, "title": "A"}]', "name must be a string"),
+        ('[{"name": "a", "title": "A"}, {"name": "a", "title": "B"}]', "more than once: a"),
+        ("[1]", "expected an object"),
+    ],
+)
+def test_bad_file_is_one_clear_line(
+    db_env: dict[str, str], tmp_path: Path, content: str, fragment: str
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    assert_one_line_error(run_cli(db_env, "add", "--file", str(path)), fragment)
+    assert names(db_env) == []
+
+
+def test_missing_file(db_env: dict[str, str], tmp_path: Path) -> None:
+    result = run_cli(db_env, "add", "--file", str(tmp_path / "nope.json"))
+    assert_one_line_error(result, "cannot read")
+
+
+def test_remove(db_env: dict[str, str]) -> None:
+    run_cli(db_env)
+    assert run_cli(db_env, "remove", "report2").returncode == 0
+    assert names(db_env) == ["report1", "report3", "report4"]
+    assert_one_line_error(run_cli(db_env, "remove", "report2"), "no report named 'report2'")
+
+
+def test_tokens(db_env: dict[str, str]) -> None:
+    created = run_cli(db_env, "token", "create", "alice")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert len(token) >= 32
+    fixed = run_cli(db_env, "token", "create", "bob", "--value", "bob-secret")
+    assert fixed.stdout.strip() == "bob-secret"
+    assert_one_line_error(run_cli(db_env, "token", "create", "alice"), "exists already")
+    listed = run_cli(db_env, "token", "list").stdout
+    assert "alice" in listed and "bob" in listed and "active" in listed
+    assert token not in listed and "bob-secret" not in listed
+    assert run_cli(db_env, "token", "revoke", "bob").returncode == 0
+    assert "revoked" in run_cli(db_env, "token", "list").stdout
+    assert_one_line_error(run_cli(db_env, "token", "revoke", "bob"), "no active token")
+
+
+def test_missing_database_file(tmp_path: Path) -> None:
+    env = {"REPORTS_DATABASE_URL": sqlite_url(tmp_path / "absent.db")}
+    assert_one_line_error(run_cli(env, "list"), "does not exist: run `reports-service migrate`")
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_unmigrated_database(tmp_path: Path) -> None:
+    (tmp_path / "empty.db").write_bytes(b"")
+    env = {"REPORTS_DATABASE_URL": sqlite_url(tmp_path / "empty.db")}
+    assert_one_line_error(run_cli(env, "add", "x", "--title", "X"), "run `reports-service migrate`")
+    migrated = run_cli(env, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert run_cli(env, "add", "x", "--title", "X").returncode == 0
+
+
+def test_bad_settings_are_one_line(tmp_path: Path) -> None:
+    env = {"REPORTS_DATABASE_URL": "mysql://nowhere/db"}
+    assert_one_line_error(run_cli(env, "list"), "unsupported database")
+    env = {"REPORTS_DATABASE_URL": sqlite_url(tmp_path / "x.db"), "REPORTS_AUTH_TIMEOUT": "soon"}
+    assert_one_line_error(run_cli(env, "list"), "REPORTS_AUTH_TIMEOUT")
+
+
+def test_add_needs_a_title(db_env: dict[str, str]) -> None:
+    assert_one_line_error(run_cli(db_env, "add", "x"), "add needs NAME and --title")
+
+
+def test_settings_lists_every_variable(db_env: dict[str, str]) -> None:
+    out = run_cli(db_env, "settings").stdout
+    assert "REPORTS_DATABASE_URL" in out and "REPORTS_AUTH_TIMEOUT" in out
