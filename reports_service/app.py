@@ -7,14 +7,15 @@ from typing import Any
 import falcon.asgi
 
 from .config import Settings
-from .db import make_engine
+from .feed import ChangeFeed
 from .middleware import AuthMiddleware, LifecycleMiddleware, LoggingMiddleware
 from .protocol import BINARY, TEXT, RawBinary, RawText
-from .repository import ReportRepository
+from .repository import repository_for
 from .resources.echo import EchoResource
 from .resources.hello import HelloResource
 from .resources.reports import ReportsResource
 from .resources.static import STATIC_DIR, IndexResource
+from .service import ReportService
 
 PROTECTED_ROUTES = ("/reports",)
 
@@ -22,11 +23,12 @@ PROTECTED_ROUTES = ("/reports",)
 def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
     """A new app on its own engine; nothing is shared between two apps."""
     settings = settings or Settings.from_env()
-    engine = make_engine(settings.database_url, busy_timeout=settings.sqlite_busy_timeout)
-    repository = ReportRepository(engine)
+    repository = repository_for(settings)
+    feed = ChangeFeed(repository, interval=settings.feed_interval)
+    service = ReportService(repository, feed)
 
     middleware: list[Any] = [
-        LifecycleMiddleware(repository, settings.masked_database_url()),
+        LifecycleMiddleware(repository, feed, settings.masked_database_url()),
         LoggingMiddleware(),
         AuthMiddleware(repository, PROTECTED_ROUTES, timeout=settings.auth_timeout),
     ]
@@ -37,7 +39,7 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
     app.add_route("/", IndexResource())
     app.add_route("/hello", HelloResource())
     app.add_route("/echo", EchoResource())
-    app.add_route("/reports", ReportsResource(repository))
+    app.add_route("/reports", ReportsResource(service, queue_size=settings.subscriber_queue))
     app.add_static_route("/static", STATIC_DIR)
     return app
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings, SettingsError
-from .db import DatabaseURLError, make_engine, sqlite_path
+from .db import DatabaseURLError, sqlite_path
 from .errors import SchemaNotReady, ServiceError
 from .migrate import head_revision, upgrade
 from .records import NewReport, new_token
-from .repository import ReportRepository
+from .repository import ReportRepository, repository_for
 
 TUTORIAL_REPORTS = [
     NewReport(f"report{n}", f"Report {n}", f"This is the content of report {n}")
@@ -118,9 +118,7 @@ def run_async(command: Command) -> Callable[[argparse.Namespace, Settings], int]
 
 
 async def _with_repository(command: Command, args: argparse.Namespace, settings: Settings) -> int:
-    repository = ReportRepository(
-        make_engine(settings.database_url, busy_timeout=settings.sqlite_busy_timeout)
-    )
+    repository = repository_for(settings)
     try:
         revision = await repository.schema_revision()
         if revision != head_revision():

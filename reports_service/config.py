@@ -38,6 +38,15 @@ class Settings:
     workers: int = setting(1, "uvicorn worker processes for `reports-service serve`")
     ws_ping_interval: float = setting(20.0, "seconds between server pings to each client")
     ws_ping_timeout: float = setting(20.0, "seconds to wait for a pong before dropping a client")
+    changelog_retention: int = setting(
+        10_000, "changes kept for resuming subscribers; older ones get a `resync` event"
+    )
+    feed_interval: float = setting(
+        0.02, "seconds between checks for changes committed by other processes"
+    )
+    subscriber_queue: int = setting(
+        1000, "messages queued for one slow subscriber before it is closed (4001)"
+    )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     @classmethod

@@ -1,35 +1,204 @@
-"""Message formats: JSON in text frames, MessagePack in binary frames."""
+"""The wire protocol: every message type, as the typed definitions the server and the docs share.
+
+Text frames carry JSON, binary frames MessagePack; both hold the same messages. On /reports a
+frame that decodes to an object with a ``type`` is a typed request; any other frame is the
+tutorial's plain query, a bare report name.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgpack
-import orjson
+import msgspec
 from falcon import media
 from falcon.constants import WebSocketPayloadType
+from msgspec import Meta, Struct
 
-from .records import Report
+from .records import MAX_NAME_LENGTH, Change, Report
 
 TEXT = WebSocketPayloadType.TEXT
 BINARY = WebSocketPayloadType.BINARY
 
 Payload = str | bytes
+RequestId = str | int | None
+Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
+PageSize = Annotated[int, Meta(ge=1, le=100)]
 
 REPORT_NOT_FOUND = {"error": "report not found"}
 UNAVAILABLE = {"error": "service unavailable, try again"}
+
+ErrorCode = Literal[
+    "invalid_request",  # not a valid request of its type: the message says what is wrong
+    "unknown_type",  # a ``type`` this server does not know
+    "not_found",  # no report by that name
+    "bad_cursor",  # a cursor this server did not hand out
+    "unavailable",  # the database cannot be reached now: retry later
+]
+
+# -- requests ------------------------------------------------------------------------------
+
+
+class Request(Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
+    """Every typed request has a ``type`` and an optional ``id`` its reply echoes."""
+
+    id: RequestId = None
+
+
+class Get(Request, tag="get"):
+    """The whole report ``name``."""
+
+    name: Name
+
+
+class ListReports(Request, tag="list"):
+    """Reports, most recently changed first, ``limit`` at a time; pass ``next`` as ``cursor``."""
+
+    limit: PageSize = 20
+    cursor: str | None = None
+
+
+class Search(Request, tag="search"):
+    """Like ``list``, only reports whose title or content contains ``q`` (case-insensitive)."""
+
+    q: Annotated[str, Meta(min_length=1, max_length=200)]
+    limit: PageSize = 20
+    cursor: str | None = None
+
+
+class Subscribe(Request, tag="subscribe"):
+    """Push every change to ``names`` (all reports when absent) from now, or after ``since``."""
+
+    names: Annotated[list[Name], Meta(max_length=1000)] | None = None
+    since: Annotated[int, Meta(ge=0)] | None = None
+
+
+class Unsubscribe(Request, tag="unsubscribe"):
+    """Stop pushes for ``names``, or for everything when absent."""
+
+    names: Annotated[list[Name], Meta(max_length=1000)] | None = None
+
+
+class Ping(Request, tag="ping"):
+    """Answered with the latest version this server has seen."""
+
+
+AnyRequest = Get | ListReports | Search | Subscribe | Unsubscribe | Ping
+REQUEST_TYPES: tuple[type[Request], ...] = (Get, ListReports, Search, Subscribe, Unsubscribe, Ping)
+KNOWN_TYPES = frozenset(str(t.__struct_config__.tag) for t in REQUEST_TYPES)
+
+# -- replies and events --------------------------------------------------------------------
+
+
+class ReportOut(Struct):
+    name: str
+    title: str
+    content: str
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class Page(Struct):
+    reports: list[ReportOut]
+    next: str | None
+
+
+class Subscription(Struct):
+    names: list[str] | None
+    version: int
+
+
+class Pong(Struct):
+    pong: bool
+    version: int
+
+
+class ErrorBody(Struct):
+    code: ErrorCode
+    message: str
+
+
+class GetReply(Struct):
+    id: RequestId
+    result: ReportOut
+
+
+class PageReply(Struct):
+    id: RequestId
+    result: Page
+
+
+class SubscriptionReply(Struct):
+    id: RequestId
+    result: Subscription
+
+
+class PongReply(Struct):
+    id: RequestId
+    result: Pong
+
+
+class ErrorReply(Struct):
+    id: RequestId
+    error: ErrorBody
+
+
+class ReportEvent(Struct):
+    """Pushed to subscribers: a report was added, updated or removed at ``version``."""
+
+    type: Literal["report.added", "report.updated", "report.removed"]
+    report: ReportOut
+    version: int
+
+
+class ResyncEvent(Struct):
+    """Pushed instead of replaying when the changelog no longer reaches back to ``since``."""
+
+    type: Literal["resync"]
+    version: int
+
+
+class PlainReport(Struct):
+    """The tutorial's reply to a plain query."""
+
+    report: str
+
+
+class PlainError(Struct):
+    error: str
+
+
+Outgoing = (
+    GetReply | PageReply | SubscriptionReply | PongReply | ErrorReply | ReportEvent | ResyncEvent
+)
+
+
+class RequestError(Exception):
+    """A request that gets an error reply; the connection stays open."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
 
 
 class ProtocolError(ValueError):
     """A message that cannot be understood; its text is safe to send to the client."""
 
 
+# -- media handlers ------------------------------------------------------------------------
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+
 class RawText(media.TextBaseHandlerWS):
     """Text frames arrive as the raw string (a report name need not be JSON); replies are JSON."""
 
     def serialize(self, media: object) -> str:
-        return orjson.dumps(media, default=_default).decode()
+        return _json_encode(media).decode()
 
     def deserialize(self, payload: str) -> object:
         return payload
@@ -39,16 +208,14 @@ class RawBinary(media.BinaryBaseHandlerWS):
     """Binary frames arrive as raw bytes, decoded where needed; replies are MessagePack."""
 
     def serialize(self, media: object) -> bytes:
-        return msgpack.packb(media, default=_default)
+        return msgpack.packb(msgspec.to_builtins(media))
 
     def deserialize(self, payload: bytes) -> object:
         return payload
 
 
-def _default(value: object) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot serialise {type(value).__name__}")
+def payload_type(payload: Payload) -> WebSocketPayloadType:
+    return BINARY if isinstance(payload, bytes) else TEXT
 
 
 def unpack(data: bytes) -> Any:
@@ -59,24 +226,89 @@ def unpack(data: bytes) -> Any:
         raise ProtocolError("invalid MessagePack") from None
 
 
-def payload_type(payload: Payload) -> WebSocketPayloadType:
-    return BINARY if isinstance(payload, bytes) else TEXT
+# -- decoding ------------------------------------------------------------------------------
+
+
+def decode(payload: Payload) -> AnyRequest | str:
+    """A typed request, or the report name of a plain query.
+
+    Raises RequestError for a typed request that is not valid, ProtocolError for a binary
+    frame that is neither a request nor a string.
+    """
+    if isinstance(payload, str):
+        if not payload.startswith("{"):
+            return payload
+        try:
+            value: Any = _json_decode(payload)
+        except msgspec.DecodeError:
+            return payload
+    else:
+        value = unpack(payload)
+    if isinstance(value, dict) and "type" in value:
+        return to_request(value)
+    if isinstance(payload, str):
+        return payload
+    if not isinstance(value, str):
+        raise ProtocolError("a binary query must be a MessagePack string")
+    return value
+
+
+def to_request(value: dict[Any, Any]) -> AnyRequest:
+    kind = value["type"]
+    if not isinstance(kind, str) or kind not in KNOWN_TYPES:
+        shown = repr(kind)[:50]
+        raise RequestError(
+            "unknown_type",
+            f"unknown type {shown}: expected one of {', '.join(sorted(KNOWN_TYPES))}",
+        )
+    try:
+        request: AnyRequest = msgspec.convert(value, AnyRequest)
+        return request
+    except msgspec.ValidationError as error:
+        raise RequestError("invalid_request", str(error)) from None
+
+
+def request_id(payload: Payload) -> RequestId:
+    """The ``id`` of an invalid request, if one can be read, so its error reply carries it."""
+    try:
+        value = _json_decode(payload) if isinstance(payload, str) else unpack(payload)
+    except (msgspec.DecodeError, ProtocolError):
+        return None
+    found = value.get("id") if isinstance(value, dict) else None
+    return found if isinstance(found, str | int) and not isinstance(found, bool) else None
+
+
+# -- building replies ----------------------------------------------------------------------
+
+
+def report_out(report: Report) -> ReportOut:
+    return ReportOut(
+        report.name,
+        report.title,
+        report.content,
+        report.created_at,
+        report.updated_at,
+        report.version,
+    )
+
+
+def event(change: Change) -> ReportEvent:
+    kind: Any = f"report.{change.op}"
+    return ReportEvent(kind, report_out(change.report), change.version)
+
+
+def error_reply(rid: RequestId, code: ErrorCode, message: str) -> ErrorReply:
+    return ErrorReply(rid, ErrorBody(code, message))
+
+
+def report_reply(report: Report | None) -> dict[str, str]:
+    return REPORT_NOT_FOUND if report is None else {"report": report.title}
 
 
 def echo_reply(payload: Payload) -> dict[str, Any]:
     """The echo route's reply: the message back (a text, or a MessagePack value) with the time."""
     message = payload if isinstance(payload, str) else unpack(payload)
     return {"message": message, "date": datetime.now(UTC).isoformat()}
-
-
-def report_name(payload: Payload) -> str:
-    """The report name a plain query asks for: the text itself, or a MessagePack string."""
-    if isinstance(payload, str):
-        return payload
-    name = unpack(payload)
-    if not isinstance(name, str):
-        raise ProtocolError("a binary query must be a MessagePack string")
-    return name
 
 
 def token_of(payload: Payload) -> str | None:
@@ -88,7 +320,3 @@ def token_of(payload: Payload) -> str | None:
     except ProtocolError:
         return None
     return token if isinstance(token, str) else None
-
-
-def report_reply(report: Report | None) -> dict[str, Any]:
-    return REPORT_NOT_FOUND if report is None else {"report": report.title}

@@ -21,6 +21,26 @@ class Report:
     content: str
     created_at: datetime
     updated_at: datetime
+    version: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "content": self.content,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the changelog: what happened to which report, at which version."""
+
+    version: int
+    op: str  # "added", "updated" or "removed"
+    report: Report
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, delete, exc, func, insert, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, bindparam, delete, exc, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import WRITE_OPTIONS
+from .config import Settings
+from .db import WRITE_OPTIONS, make_engine
 from .errors import DatabaseUnavailable, DuplicateReports, DuplicateToken, SchemaNotReady
-from .models import ApiToken, Report, utcnow
-from .records import NewReport, TokenInfo, hash_token
+from .models import ApiToken, Report, ReportChange, utcnow
+from .records import Change, NewReport, TokenInfo, hash_token
 from .records import Report as ReportRecord
 
 P = ParamSpec("P")
@@ -23,6 +24,7 @@ T = TypeVar("T")
 
 reports = cast(Table, Report.__table__)
 tokens = cast(Table, ApiToken.__table__)
+changelog = cast(Table, ReportChange.__table__)
 
 _REPORT_COLUMNS = (
     reports.c.name,
@@ -30,11 +32,24 @@ _REPORT_COLUMNS = (
     reports.c.content,
     reports.c.created_at,
     reports.c.updated_at,
+    reports.c.version,
 )
 _GET_REPORT = select(*_REPORT_COLUMNS).where(reports.c.name == bindparam("name"))
 _AUTHENTICATE = select(tokens.c.name, tokens.c.token_hash).where(
     tokens.c.token_hash == bindparam("token_hash"), tokens.c.revoked_at.is_(None)
 )
+_UPDATE_REPORT = (
+    update(reports)
+    .where(reports.c.name == bindparam("b_name"))
+    .values(
+        title=bindparam("b_title"),
+        content=bindparam("b_content"),
+        updated_at=bindparam("b_updated_at"),
+        version=bindparam("b_version"),
+    )
+)
+_LATEST_VERSION = select(func.coalesce(func.max(changelog.c.version), 0))
+_WRITE_LOCK_KEY = 0x7265706F72747300  # "reports\0": the advisory lock all writers take
 # NOTE: SQLite allows 32766 bound parameters per statement; stay well below it.
 _CHUNK = 500
 
@@ -66,14 +81,21 @@ def _first_line(error: object) -> str:
 
 
 def _to_report(row: Any) -> ReportRecord:
-    return ReportRecord(row.name, row.title, row.content, row.created_at, row.updated_at)
+    return ReportRecord(
+        row.name, row.title, row.content, row.created_at, row.updated_at, row.version
+    )
+
+
+def _prefixed(row: dict[str, Any]) -> dict[str, Any]:
+    return {f"b_{key}": value for key, value in row.items()}
 
 
 class ReportRepository:
     """Reports and access tokens in a SQL database."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, retention: int = 10_000) -> None:
         self.engine = engine
+        self.retention = max(1, retention)
         # NOTE: writes go through an engine whose transactions start with BEGIN IMMEDIATE on
         #   SQLite; other backends ignore the option.
         self._writer = engine.execution_options(**WRITE_OPTIONS)
@@ -88,14 +110,34 @@ class ReportRepository:
 
     @_translate_errors
     async def list_reports(self, *, limit: int | None = None) -> list[ReportRecord]:
+        """Reports by name."""
         stmt = select(*_REPORT_COLUMNS).order_by(reports.c.name).limit(limit)
+        async with self.engine.connect() as conn:
+            return [_to_report(row) for row in await conn.execute(stmt)]
+
+    @_translate_errors
+    async def recent_reports(
+        self, *, limit: int, before: int | None = None, text: str | None = None
+    ) -> list[ReportRecord]:
+        """Newest change first, from version ``before`` down; ``text`` filters title/content."""
+        stmt = select(*_REPORT_COLUMNS).order_by(reports.c.version.desc()).limit(limit)
+        if before is not None:
+            stmt = stmt.where(reports.c.version < before)
+        if text:
+            stmt = stmt.where(
+                or_(
+                    reports.c.title.icontains(text, autoescape=True),
+                    reports.c.content.icontains(text, autoescape=True),
+                )
+            )
         async with self.engine.connect() as conn:
             return [_to_report(row) for row in await conn.execute(stmt)]
 
     @_translate_errors
     async def count_reports(self) -> int:
         async with self.engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(reports))).scalar_one())
+            result = await conn.execute(select(func.count()).select_from(reports))
+            return int(result.scalar_one())
 
     @_translate_errors
     async def add_reports(self, items: Sequence[NewReport], *, replace: bool = False) -> int:
@@ -104,61 +146,111 @@ class ReportRepository:
         repeated = sorted(name for name, count in Counter(names).items() if count > 1)
         if repeated:
             raise ValueError(f"report name given more than once: {', '.join(repeated[:5])}")
-        now = utcnow()
-        rows = [
-            {
-                "name": i.name,
-                "title": i.title,
-                "content": i.content,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for i in items
-        ]
-        if not rows:
+        if not items:
             return 0
-        try:
-            async with self._writer.begin() as conn:
-                if replace:
-                    await conn.execute(self._upsert(conn), rows)
-                else:
-                    existing = await self._existing_names(conn, names)
-                    if existing:
-                        raise DuplicateReports(existing)
-                    await conn.execute(insert(reports), rows)
-        except exc.IntegrityError as error:
-            # NOTE: another writer added one of these names after our check (PostgreSQL only;
-            #   SQLite's BEGIN IMMEDIATE serialises writers).
-            async with self.engine.connect() as conn:
-                raise DuplicateReports(await self._existing_names(conn, names)) from error
-        return len(rows)
+        async with self._writer.begin() as conn:
+            version = await self._lock_changelog(conn)
+            existing = await self._created_at(conn, names)
+            if existing and not replace:
+                raise DuplicateReports(sorted(existing))
+            now = utcnow()
+            added: list[dict[str, Any]] = []
+            updated: list[dict[str, Any]] = []
+            logged: list[dict[str, Any]] = []
+            for item in items:
+                version += 1
+                row = {
+                    "name": item.name,
+                    "title": item.title,
+                    "content": item.content,
+                    "created_at": existing.get(item.name, now),
+                    "updated_at": now,
+                    "version": version,
+                }
+                (updated if item.name in existing else added).append(row)
+                op = "updated" if item.name in existing else "added"
+                logged.append({**row, "op": op, "changed_at": now})
+            if added:
+                await conn.execute(insert(reports), added)
+            if updated:
+                await conn.execute(_UPDATE_REPORT, [_prefixed(row) for row in updated])
+            await self._append_changes(conn, logged)
+        return len(items)
 
     @_translate_errors
     async def remove_report(self, *, name: str) -> bool:
         async with self._writer.begin() as conn:
-            result = await conn.execute(delete(reports).where(reports.c.name == name))
-        return bool(result.rowcount)
+            version = await self._lock_changelog(conn)
+            row = (await conn.execute(_GET_REPORT, {"name": name})).first()
+            if row is None:
+                return False
+            await conn.execute(delete(reports).where(reports.c.name == name))
+            change = {**row._asdict(), "version": version + 1, "op": "removed"}
+            await self._append_changes(conn, [{**change, "changed_at": utcnow()}])
+        return True
 
-    async def _existing_names(self, conn: AsyncConnection, names: Sequence[str]) -> list[str]:
-        found: list[str] = []
+    async def _lock_changelog(self, conn: AsyncConnection) -> int:
+        """Serialise writers and return the latest version: versions follow commit order."""
+        # NOTE: SQLite's BEGIN IMMEDIATE already holds the database's write lock. On
+        #   PostgreSQL, without this lock a change could commit after a later version had been
+        #   read by a subscriber, which would then never see it.
+        if conn.dialect.name == "postgresql":
+            await conn.execute(select(func.pg_advisory_xact_lock(_WRITE_LOCK_KEY)))
+        return int((await conn.execute(_LATEST_VERSION)).scalar_one())
+
+    async def _append_changes(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        await conn.execute(insert(changelog), rows)
+        latest = rows[-1]["version"]
+        await conn.execute(delete(changelog).where(changelog.c.version <= latest - self.retention))
+
+    async def _created_at(self, conn: AsyncConnection, names: Sequence[str]) -> dict[str, Any]:
+        """Creation times of the reports among ``names`` that exist."""
+        found: dict[str, Any] = {}
         for start in range(0, len(names), _CHUNK):
             chunk = names[start : start + _CHUNK]
-            result = await conn.execute(select(reports.c.name).where(reports.c.name.in_(chunk)))
-            found.extend(result.scalars())
-        return sorted(found)
+            stmt = select(reports.c.name, reports.c.created_at).where(reports.c.name.in_(chunk))
+            found.update((row.name, row.created_at) for row in await conn.execute(stmt))
+        return found
 
-    @staticmethod
-    def _upsert(conn: AsyncConnection) -> Any:
-        dialect_insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
-        stmt = dialect_insert(reports)
-        return stmt.on_conflict_do_update(
-            index_elements=[reports.c.name],
-            set_={
-                "title": stmt.excluded.title,
-                "content": stmt.excluded.content,
-                "updated_at": stmt.excluded.updated_at,
-            },
+    # -- changelog -------------------------------------------------------------------------
+
+    @_translate_errors
+    async def changelog_bounds(self) -> tuple[int, int]:
+        """(oldest, latest) version kept in the changelog; (0, 0) when it is empty."""
+        stmt = select(
+            func.coalesce(func.min(changelog.c.version), 0),
+            func.coalesce(func.max(changelog.c.version), 0),
         )
+        async with self.engine.connect() as conn:
+            oldest, latest = (await conn.execute(stmt)).one()
+        return int(oldest), int(latest)
+
+    @_translate_errors
+    async def changes_since(
+        self,
+        version: int,
+        *,
+        limit: int,
+        upto: int | None = None,
+        names: Collection[str] | None = None,
+    ) -> list[Change]:
+        """Changes after ``version`` (up to ``upto``), oldest first; only to ``names`` if given."""
+        stmt = (
+            select(changelog)
+            .where(changelog.c.version > version)
+            .order_by(changelog.c.version)
+            .limit(limit)
+        )
+        if upto is not None:
+            stmt = stmt.where(changelog.c.version <= upto)
+        if names is not None:
+            stmt = stmt.where(changelog.c.name.in_(list(names)))
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(stmt)
+            return [Change(row.version, row.op, _to_report(row)) for row in rows]
+
+    def commit_watcher(self) -> CommitWatcher:
+        return CommitWatcher(self.engine)
 
     # -- tokens ----------------------------------------------------------------------------
 
@@ -228,4 +320,46 @@ class ReportRepository:
         await self.engine.dispose()
 
 
-__all__ = ["ReportRepository"]
+def repository_for(settings: Settings) -> ReportRepository:
+    """The repository a process uses: the engine and changelog retention from settings."""
+    engine = make_engine(settings.database_url, busy_timeout=settings.sqlite_busy_timeout)
+    return ReportRepository(engine, retention=settings.changelog_retention)
+
+
+class CommitWatcher:
+    """A cheap check for commits by other connections, so the change feed reads only when needed.
+
+    On SQLite it asks ``PRAGMA data_version`` on one connection of its own (no table is read);
+    elsewhere it always answers yes and the feed reads the changelog's index.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+        self._last: object = None
+
+    @_translate_errors
+    async def changed(self) -> bool:
+        if self._engine.dialect.name != "sqlite":
+            return True
+        try:
+            if self._conn is None:
+                self._conn = await self._engine.connect()
+            raw = await self._conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            cursor = await driver.execute("PRAGMA data_version")
+            (value,) = await cursor.fetchone()
+        except Exception as error:  # NOTE: the raw driver raises sqlite3's own errors
+            await self.close()
+            raise DatabaseUnavailable(f"database unavailable: {_first_line(error)}") from error
+        changed, self._last = value != self._last, value
+        return bool(changed)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
+__all__ = ["CommitWatcher", "ReportRepository"]

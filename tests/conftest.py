@@ -9,9 +9,8 @@ from falcon.testing import ASGIConductor
 
 from reports_service.app import create_app
 from reports_service.config import Settings
-from reports_service.db import make_engine
 from reports_service.records import NewReport
-from reports_service.repository import ReportRepository
+from reports_service.repository import ReportRepository, repository_for
 
 from .databases import PostgresTemplate, SQLiteTemplate, backends
 from .server import Server
@@ -62,7 +61,7 @@ def db_env(db_url: str) -> dict[str, str]:
 
 @pytest.fixture
 async def repository(settings: Settings) -> AsyncIterator[ReportRepository]:
-    repo = ReportRepository(make_engine(settings.database_url))
+    repo = repository_for(settings)
     await repo.add_reports(TUTORIAL)
     await repo.create_token(name="test", token=TOKEN)
     yield repo

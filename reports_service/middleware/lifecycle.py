@@ -4,6 +4,7 @@ import logging
 from typing import Any
 
 from ..errors import ServiceError
+from ..feed import ChangeFeed
 from ..migrate import head_revision
 from ..repository import ReportRepository
 
@@ -13,11 +14,16 @@ logger = logging.getLogger("reports_service")
 class LifecycleMiddleware:
     """Checks the database at start-up and disposes of its connections at shutdown."""
 
-    def __init__(self, repository: ReportRepository, database: str) -> None:
+    def __init__(self, repository: ReportRepository, feed: ChangeFeed, database: str) -> None:
         self._repository = repository
+        self._feed = feed
         self._database = database
 
     async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        await self._check_schema()
+        await self._feed.start()
+
+    async def _check_schema(self) -> None:
         try:
             revision = await self._repository.schema_revision()
         except ServiceError as error:
@@ -34,4 +40,5 @@ class LifecycleMiddleware:
             logger.info("serving reports from %s", self._database)
 
     async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        await self._feed.stop()
         await self._repository.dispose()

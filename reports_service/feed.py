@@ -1,0 +1,91 @@
+"""The change feed: notices changes committed by any process and fans them out in this one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+from .errors import ServiceError
+from .records import Change
+from .repository import ReportRepository
+
+logger = logging.getLogger("reports_service.feed")
+
+BATCH = 500
+
+
+class Subscriber(Protocol):
+    def deliver(self, change: Change) -> None:
+        """Take one change; must not block (the feed calls every subscriber in turn)."""
+
+
+class ChangeFeed:
+    """Reads the changelog past the last version seen whenever something was committed.
+
+    ``version`` is the latest change this process has fanned out. Every change after it will be
+    delivered, once, in version order, to every subscriber registered at that time.
+    """
+
+    def __init__(self, repository: ReportRepository, *, interval: float) -> None:
+        self._repository = repository
+        self._interval = interval
+        self._subscribers: set[Subscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.version: int | None = None
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def add(self, subscriber: Subscriber) -> None:
+        self._subscribers.add(subscriber)
+
+    def discard(self, subscriber: Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+
+    async def start(self) -> None:
+        if self._task is None:
+            with contextlib.suppress(ServiceError):
+                self.version = (await self._repository.changelog_bounds())[1]
+            self._task = asyncio.create_task(self._run(), name="change-feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        watcher = self._repository.commit_watcher()
+        failing = False
+        try:
+            while True:
+                try:
+                    if await watcher.changed():
+                        await self._catch_up()
+                    if failing:
+                        logger.info("change feed recovered at version %s", self.version)
+                    failing = False
+                except ServiceError as error:
+                    if not failing:
+                        logger.warning("change feed paused: %s", error)
+                    failing = True
+                await asyncio.sleep(self._interval)
+        finally:
+            await watcher.close()
+
+    async def _catch_up(self) -> None:
+        if self.version is None:
+            self.version = (await self._repository.changelog_bounds())[1]
+            return
+        while True:
+            batch = await self._repository.changes_since(self.version, limit=BATCH)
+            for change in batch:
+                self.version = change.version
+                for subscriber in list(self._subscribers):
+                    subscriber.deliver(change)
+            if len(batch) < BATCH:
+                return

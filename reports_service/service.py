@@ -1,0 +1,59 @@
+"""What each request does, in protocol terms; knows the repository, not the socket."""
+
+from __future__ import annotations
+
+from .feed import ChangeFeed
+from .protocol import (
+    Get,
+    GetReply,
+    ListReports,
+    Page,
+    PageReply,
+    Ping,
+    Pong,
+    PongReply,
+    RequestError,
+    Search,
+    report_out,
+    report_reply,
+)
+from .repository import ReportRepository
+
+
+class ReportService:
+    """Queries: the plain tutorial query, get, list, search and ping."""
+
+    def __init__(self, repository: ReportRepository, feed: ChangeFeed) -> None:
+        self.repository = repository
+        self.feed = feed
+
+    async def plain(self, name: str) -> dict[str, str]:
+        return report_reply(await self.repository.get_report(name=name))
+
+    async def get(self, request: Get) -> GetReply:
+        report = await self.repository.get_report(name=request.name)
+        if report is None:
+            raise RequestError("not_found", f"no report named {request.name!r}")
+        return GetReply(request.id, report_out(report))
+
+    async def page(self, request: ListReports | Search) -> PageReply:
+        before = _cursor(request.cursor)
+        text = request.q if isinstance(request, Search) else None
+        found = await self.repository.recent_reports(
+            limit=request.limit + 1, before=before, text=text
+        )
+        more = len(found) > request.limit
+        found = found[: request.limit]
+        cursor = str(found[-1].version) if more else None
+        return PageReply(request.id, Page([report_out(r) for r in found], cursor))
+
+    def ping(self, request: Ping) -> PongReply:
+        return PongReply(request.id, Pong(True, self.feed.version or 0))
+
+
+def _cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not cursor.isdigit() or len(cursor) > 19:
+        raise RequestError("bad_cursor", "cursor must be a `next` value from an earlier page")
+    return int(cursor)

@@ -1,0 +1,238 @@
+"""One /reports connection: its requests, its subscription and its bounded outgoing queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from falcon import WebSocketDisconnected
+from falcon.asgi import WebSocket
+
+from .errors import ServiceError
+from .feed import ChangeFeed
+from .protocol import (
+    BINARY,
+    TEXT,
+    UNAVAILABLE,
+    AnyRequest,
+    Get,
+    ListReports,
+    Payload,
+    Ping,
+    ProtocolError,
+    RequestError,
+    ResyncEvent,
+    Search,
+    Subscribe,
+    Subscription,
+    SubscriptionReply,
+    Unsubscribe,
+    decode,
+    error_reply,
+    event,
+    request_id,
+)
+from .records import Change
+from .service import ReportService
+
+logger = logging.getLogger("reports_service.session")
+
+SLOW_CONSUMER = 4001
+REPLAY_BATCH = 500
+
+
+class ReportsSession:
+    """Answers one connection's messages and pushes the changes it subscribed to."""
+
+    def __init__(self, ws: WebSocket, service: ReportService, *, queue_size: int) -> None:
+        self._ws = ws
+        self._service = service
+        self._feed: ChangeFeed = service.feed
+        self._queue_size = queue_size
+        self._outbox: asyncio.Queue[tuple[Any, bool]] = asyncio.Queue(queue_size)
+        self._sender: asyncio.Task[None] | None = None
+        self._names: set[str] | None = None  # None: every report
+        self._subscribed = False
+        self._held: list[Change] | None = None  # live changes held back while replaying
+        self._delivered = 0
+        self._binary = False
+        self.closed_slow = False
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def handle(self, payload: Payload) -> Any:
+        """The direct reply to one message, or None when the reply goes through the outbox."""
+        try:
+            message = decode(payload)
+        except RequestError as error:
+            return error_reply(request_id(payload), error.code, error.message)
+        except ProtocolError as error:
+            return {"error": str(error)}
+        if isinstance(message, str):
+            try:
+                return await self._service.plain(message)
+            except ServiceError as error:
+                logger.warning("query failed: %s", error)
+                return UNAVAILABLE
+        try:
+            return await self._dispatch(message, isinstance(payload, bytes))
+        except RequestError as error:
+            return error_reply(message.id, error.code, error.message)
+        except ServiceError as error:
+            logger.warning("request failed: %s", error)
+            return error_reply(message.id, "unavailable", "database unavailable, retry later")
+
+    async def _dispatch(self, request: AnyRequest, binary: bool) -> Any:
+        match request:
+            case Get():
+                return await self._service.get(request)
+            case ListReports() | Search():
+                return await self._service.page(request)
+            case Ping():
+                return self._service.ping(request)
+            case Subscribe():
+                await self._subscribe(request, binary)
+            case Unsubscribe():
+                self._unsubscribe(request)
+        return None
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    async def _subscribe(self, request: Subscribe, binary: bool) -> None:
+        names = set(request.names) if request.names is not None else None
+        if self._subscribed:
+            if request.since is not None:
+                raise RequestError(
+                    "invalid_request", "already subscribed: unsubscribe before resuming with since"
+                )
+            self._names = None if names is None or self._names is None else self._names | names
+            self._reply_subscription(request.id)
+            return
+        self._binary, self._names, self._subscribed = binary, names, True
+        self._delivered = self._feed.version or 0
+        self._held = [] if request.since is not None else None
+        self._feed.add(self)
+        self._ensure_sender()
+        if request.since is None:
+            self._reply_subscription(request.id)
+            return
+        # NOTE: registered first, then read: a change committed meanwhile is both held and
+        #   replayed, and the version check in deliver() drops the second copy.
+        try:
+            oldest, latest = await self._service.repository.changelog_bounds()
+            resync = request.since > latest or request.since < oldest - 1
+            replay = [] if resync else await self._read_replay(request.since, latest)
+        except BaseException:
+            self._stop_subscription()
+            raise
+        self._delivered = max(latest, self._delivered)
+        self._reply_subscription(request.id)
+        if resync:
+            self._push(ResyncEvent("resync", latest))
+        for change in replay:
+            self._push(event(change))
+        held, self._held = self._held or [], None
+        for change in held:
+            self.deliver(change)
+
+    async def _read_replay(self, since: int, upto: int) -> list[Change]:
+        found: list[Change] = []
+        while True:
+            batch = await self._service.repository.changes_since(
+                since, limit=REPLAY_BATCH, upto=upto, names=self._names
+            )
+            found.extend(batch)
+            if len(found) > self._queue_size:
+                raise RequestError(
+                    "invalid_request",
+                    f"more than {self._queue_size} changes since {since}: "
+                    "fetch the reports again and subscribe without since",
+                )
+            if len(batch) < REPLAY_BATCH:
+                return found
+            since = batch[-1].version
+
+    def _reply_subscription(self, rid: Any) -> None:
+        names = None if self._names is None else sorted(self._names)
+        self._push(SubscriptionReply(rid, Subscription(names, self._delivered)))
+
+    def _unsubscribe(self, request: Unsubscribe) -> None:
+        if request.names is None or not self._subscribed:
+            self._stop_subscription()
+        elif self._names is None:
+            raise RequestError(
+                "invalid_request", "subscribed to every report: unsubscribe without names"
+            )
+        else:
+            self._names -= set(request.names)
+            if not self._names:
+                self._stop_subscription()
+        self._reply_subscription_state(request.id)
+
+    def _reply_subscription_state(self, rid: Any) -> None:
+        if self._subscribed:
+            self._reply_subscription(rid)
+        else:
+            self._push(SubscriptionReply(rid, Subscription([], self._feed.version or 0)))
+
+    def _stop_subscription(self) -> None:
+        self._feed.discard(self)
+        self._subscribed, self._names, self._held = False, None, None
+
+    def deliver(self, change: Change) -> None:
+        if not self._subscribed or (
+            self._names is not None and change.report.name not in self._names
+        ):
+            return
+        if self._held is not None:
+            self._held.append(change)
+            if len(self._held) > self._queue_size:
+                self._overflow()
+        elif change.version > self._delivered:
+            self._delivered = change.version
+            self._push(event(change))
+
+    # -- the outbox ------------------------------------------------------------------------
+
+    def _push(self, message: Any) -> None:
+        if self.closed_slow:
+            return
+        try:
+            self._outbox.put_nowait((message, self._binary))
+        except asyncio.QueueFull:
+            self._overflow()
+
+    def _overflow(self) -> None:
+        # NOTE: a subscriber that cannot keep up is dropped, not waited for: the feed must
+        #   never block on one connection. It reconnects and resumes with `since`.
+        self.closed_slow = True
+        self._stop_subscription()
+        logger.info("closing slow subscriber (%d messages queued)", self._outbox.qsize())
+        if self._sender is not None:
+            self._sender.cancel()
+        asyncio.get_running_loop().create_task(self._close_slow())
+
+    async def _close_slow(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._ws.close(SLOW_CONSUMER, "too slow: reconnect and resume with since")
+
+    def _ensure_sender(self) -> None:
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_loop())
+
+    async def _send_loop(self) -> None:
+        while True:
+            message, binary = await self._outbox.get()
+            try:
+                await self._ws.send_media(message, BINARY if binary else TEXT)
+            except WebSocketDisconnected:
+                return
+
+    async def close(self) -> None:
+        self._stop_subscription()
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
