@@ -39,7 +39,10 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
     app.add_route("/", IndexResource())
     app.add_route("/hello", HelloResource())
     app.add_route("/echo", EchoResource())
-    app.add_route("/reports", ReportsResource(service, queue_size=settings.subscriber_queue))
+    reports = ReportsResource(
+        service, queue_size=settings.subscriber_queue, send_timeout=settings.send_timeout
+    )
+    app.add_route("/reports", reports)
     app.add_static_route("/static", STATIC_DIR)
     return app
 

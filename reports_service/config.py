@@ -47,6 +47,9 @@ class Settings:
     subscriber_queue: int = setting(
         1000, "messages queued for one slow subscriber before it is closed (4001)"
     )
+    send_timeout: float = setting(
+        10.0, "seconds a send may wait on a client that stopped reading before it is dropped"
+    )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     @classmethod

@@ -87,5 +87,9 @@ class ChangeFeed:
                 self.version = change.version
                 for subscriber in list(self._subscribers):
                     subscriber.deliver(change)
+                # NOTE: let the connections' senders drain between changes, so that a burst
+                #   (one transaction adding many reports) does not overflow a subscriber that
+                #   keeps up.
+                await asyncio.sleep(0)
             if len(batch) < BATCH:
                 return

@@ -208,7 +208,9 @@ class RawBinary(media.BinaryBaseHandlerWS):
     """Binary frames arrive as raw bytes, decoded where needed; replies are MessagePack."""
 
     def serialize(self, media: object) -> bytes:
-        return msgpack.packb(msgspec.to_builtins(media))
+        # NOTE: bytes stay bytes (MessagePack has a binary type); datetimes become the same
+        #   RFC 3339 strings as in JSON.
+        return msgpack.packb(msgspec.to_builtins(media, builtin_types=(bytes, bytearray)))
 
     def deserialize(self, payload: bytes) -> object:
         return payload

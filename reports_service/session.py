@@ -10,6 +10,7 @@ from typing import Any
 from falcon import WebSocketDisconnected
 from falcon.asgi import WebSocket
 
+from . import transport
 from .errors import ServiceError
 from .feed import ChangeFeed
 from .protocol import (
@@ -46,8 +47,11 @@ REPLAY_BATCH = 500
 class ReportsSession:
     """Answers one connection's messages and pushes the changes it subscribed to."""
 
-    def __init__(self, ws: WebSocket, service: ReportService, *, queue_size: int) -> None:
+    def __init__(
+        self, ws: WebSocket, service: ReportService, *, queue_size: int, send_timeout: float
+    ) -> None:
         self._ws = ws
+        self._send_timeout = send_timeout
         self._service = service
         self._feed: ChangeFeed = service.feed
         self._queue_size = queue_size
@@ -215,8 +219,8 @@ class ReportsSession:
         asyncio.get_running_loop().create_task(self._close_slow())
 
     async def _close_slow(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._ws.close(SLOW_CONSUMER, "too slow: reconnect and resume with since")
+        reason = "too slow: reconnect and resume with since"
+        await transport.close(self._ws, SLOW_CONSUMER, reason, self._send_timeout)
 
     def _ensure_sender(self) -> None:
         if self._sender is None or self._sender.done():
@@ -225,9 +229,11 @@ class ReportsSession:
     async def _send_loop(self) -> None:
         while True:
             message, binary = await self._outbox.get()
+            kind = BINARY if binary else TEXT
             try:
-                await self._ws.send_media(message, BINARY if binary else TEXT)
-            except WebSocketDisconnected:
+                await transport.send(self._ws, message, kind, self._send_timeout)
+            except (WebSocketDisconnected, transport.SendTimeout):
+                self._stop_subscription()
                 return
 
     async def close(self) -> None:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -77,10 +77,24 @@ async def conductor(
 
 
 @pytest.fixture
-def server(
+def make_server(
     db_env: dict[str, str], repository: ReportRepository, tmp_path: Path
-) -> Iterator[Server]:
+) -> Iterator[Callable[..., Server]]:
+    """Start real uvicorn servers on free ports, on this test's database (seeded, with TOKEN)."""
+    started: list[Server] = []
+
+    def start(**settings: str) -> Server:
+        env = {**db_env, "TMPDIR": str(tmp_path), "REPORTS_LOG_LEVEL": "DEBUG"}
+        env.update((f"REPORTS_{key.upper()}", value) for key, value in settings.items())
+        started.append(Server(env))
+        return started[-1]
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def server(make_server: Callable[..., Server]) -> Server:
     """A real uvicorn server on a free port, on this test's database (seeded, with TOKEN)."""
-    srv = Server({**db_env, "TMPDIR": str(tmp_path)})
-    yield srv
-    srv.stop()
+    return make_server()

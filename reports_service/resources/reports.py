@@ -3,6 +3,7 @@ from __future__ import annotations
 from falcon import WebSocketDisconnected
 from falcon.asgi import Request, WebSocket
 
+from .. import transport
 from ..protocol import payload_type
 from ..service import ReportService
 from ..session import ReportsSession
@@ -11,14 +12,17 @@ from ..session import ReportsSession
 class ReportsResource:
     """WebSocket /reports: plain queries by name, typed requests, and live subscriptions."""
 
-    def __init__(self, service: ReportService, *, queue_size: int) -> None:
+    def __init__(self, service: ReportService, *, queue_size: int, send_timeout: float) -> None:
         self._service = service
         self._queue_size = queue_size
+        self._send_timeout = send_timeout
 
     async def on_websocket(self, req: Request, ws: WebSocket) -> None:
         if ws.unaccepted:
             await ws.accept()
-        session = ReportsSession(ws, self._service, queue_size=self._queue_size)
+        session = ReportsSession(
+            ws, self._service, queue_size=self._queue_size, send_timeout=self._send_timeout
+        )
         try:
             while True:
                 try:
@@ -28,6 +32,8 @@ class ReportsResource:
                 assert isinstance(payload, str | bytes)
                 reply = await session.handle(payload)
                 if reply is not None:
-                    await ws.send_media(reply, payload_type(payload))
+                    await transport.send(ws, reply, payload_type(payload), self._send_timeout)
+        except transport.SendTimeout:
+            return
         finally:
             await session.close()

@@ -1,0 +1,53 @@
+"""Sending with a deadline, and dropping a connection whose peer stopped reading."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from falcon import WebSocketDisconnected
+from falcon.asgi import WebSocket
+from falcon.constants import WebSocketPayloadType
+
+logger = logging.getLogger("reports_service.transport")
+
+
+class SendTimeout(Exception):
+    """A send did not finish in time: the peer stopped reading, the connection was dropped."""
+
+
+async def send(ws: WebSocket, message: Any, kind: WebSocketPayloadType, within: float) -> None:
+    """Send one message, or drop the connection if it cannot be sent within ``within`` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            await ws.send_media(message, kind)
+    except TimeoutError:
+        abort(ws)
+        raise SendTimeout from None
+
+
+async def close(ws: WebSocket, code: int, reason: str, within: float) -> None:
+    """Close with ``code``; if the close frame cannot be sent in time, drop the connection."""
+    try:
+        async with asyncio.timeout(within):
+            await ws.close(code, reason)
+    except TimeoutError:
+        abort(ws)
+    except WebSocketDisconnected:
+        pass
+
+
+def abort(ws: WebSocket) -> None:
+    # NOTE: ASGI has no call to drop a connection. When the peer stops reading, uvicorn waits
+    #   for its buffer to drain before sending anything, a close frame included, and even its
+    #   ping timeout only calls transport.close(), which also waits to flush. uvicorn's ASGI
+    #   `send` is a method of its protocol object, which holds the asyncio transport: aborting
+    #   that frees the buffers at once. Other servers: the connection is left to their timeouts.
+    protocol = getattr(getattr(ws, "_asgi_send", None), "__self__", None)
+    transport = getattr(protocol, "transport", None)
+    if isinstance(transport, asyncio.Transport):
+        logger.info("dropping a connection that stopped reading")
+        with contextlib.suppress(Exception):
+            transport.abort()

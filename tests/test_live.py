@@ -1,0 +1,137 @@
+"""Live pushes end to end: uvicorn, a real client, and seed.py changing reports meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from reports_service.records import NewReport
+from reports_service.repository import ReportRepository
+
+from .conftest import TOKEN
+from .server import Server, run_cli
+
+
+async def connect(server: Server, **options: Any) -> ClientConnection:
+    ws = await websockets.connect(server.url + "/reports", **options)
+    await ws.send(TOKEN)
+    return ws
+
+
+async def call(ws: ClientConnection, request: dict[str, Any]) -> Any:
+    await ws.send(json.dumps(request))
+    return await recv(ws)
+
+
+async def recv(ws: ClientConnection, within: float = 5.0) -> Any:
+    return json.loads(await asyncio.wait_for(ws.recv(), within))
+
+
+async def test_seed_script_changes_are_pushed_within_a_second(
+    server: Server, db_env: dict[str, str]
+) -> None:
+    async with await connect(server) as ws:
+        assert (await call(ws, {"id": 1, "type": "subscribe"}))["result"]["version"] == 4
+        steps = [
+            (("add", "pushed", "--title", "Pushed"), "report.added", "Pushed"),
+            (("add", "pushed", "--title", "Pushed 2", "--replace"), "report.updated", "Pushed 2"),
+            (("remove", "pushed"), "report.removed", "Pushed 2"),
+        ]
+        for version, (args, kind, title) in enumerate(steps, start=5):
+            done = await asyncio.to_thread(run_cli, db_env, *args)
+            assert done.returncode == 0, done.stderr
+            committed = time.monotonic()
+            event = await recv(ws, within=1.0)
+            assert time.monotonic() - committed < 1.0
+            assert (event["type"], event["version"]) == (kind, version)
+            assert event["report"]["name"] == "pushed" and event["report"]["title"] == title
+
+
+async def test_reconnect_with_since_gets_exactly_the_missed_changes(
+    server: Server, db_env: dict[str, str]
+) -> None:
+    async with await connect(server) as ws:
+        seen = (await call(ws, {"id": 1, "type": "subscribe"}))["result"]["version"]
+    for args in (
+        ("add", "m1", "--title", "M1"),
+        ("add", "m2", "--title", "M2"),
+        ("add", "m1", "--title", "M1 v2", "--replace"),
+        ("remove", "m2"),
+    ):
+        assert run_cli(db_env, *args).returncode == 0
+    async with await connect(server) as ws:
+        reply = await call(ws, {"id": 2, "type": "subscribe", "since": seen})
+        assert reply["result"]["version"] == seen + 4
+        missed = [await recv(ws) for _ in range(4)]
+        assert [(e["type"], e["report"]["name"], e["version"]) for e in missed] == [
+            ("report.added", "m1", seen + 1),
+            ("report.added", "m2", seen + 2),
+            ("report.updated", "m1", seen + 3),
+            ("report.removed", "m2", seen + 4),
+        ]
+        # Nothing twice: the next message is the answer to this ping, then live changes.
+        assert (await call(ws, {"id": 3, "type": "ping"}))["id"] == 3
+        assert run_cli(db_env, "add", "m3", "--title", "M3").returncode == 0
+        assert (await recv(ws))["version"] == seen + 5
+
+
+async def test_resync_when_history_is_gone(
+    make_server: Callable[..., Server], db_env: dict[str, str]
+) -> None:
+    server = make_server(changelog_retention="3")
+    env = {**db_env, "REPORTS_CHANGELOG_RETENTION": "3"}
+    for n in range(5):
+        assert run_cli(env, "add", f"h{n}", "--title", f"H{n}").returncode == 0
+    async with await connect(server) as ws:
+        reply = await call(ws, {"id": 1, "type": "subscribe", "since": 2})
+        assert reply["result"]["version"] == 9
+        assert await recv(ws) == {"type": "resync", "version": 9}
+        assert (await call(ws, {"id": 2, "type": "ping"}))["id"] == 2
+        assert run_cli(env, "add", "h9", "--title", "H9").returncode == 0
+        assert (await recv(ws))["version"] == 10
+    async with await connect(server) as ws:
+        await call(ws, {"id": 1, "type": "subscribe", "since": 8})
+        assert [(await recv(ws))["version"] for _ in range(2)] == [9, 10]
+    async with await connect(server) as ws:
+        await call(ws, {"id": 1, "type": "subscribe", "since": 99})
+        assert await recv(ws) == {"type": "resync", "version": 10}
+
+
+async def test_stalled_subscriber_is_closed_and_does_not_delay_others(
+    make_server: Callable[..., Server], repository: ReportRepository
+) -> None:
+    server = make_server(subscriber_queue="50", send_timeout="1")
+    batches, per_batch = 60, 10
+    stalled = await connect(server, max_queue=1, max_size=None)
+    healthy = await connect(server, max_size=None)
+    try:
+        await call(stalled, {"id": 1, "type": "subscribe"})
+        await call(healthy, {"id": 1, "type": "subscribe"})
+        lags = []
+        for b in range(batches):
+            batch = [NewReport(f"big{b}-{i}", "Big", "x" * 50_000) for i in range(per_batch)]
+            await repository.add_reports(batch)
+            committed = time.monotonic()
+            events = [await recv(healthy, within=5) for _ in range(per_batch)]
+            lags.append(time.monotonic() - committed)
+            assert [e["report"]["name"] for e in events] == [r.name for r in batch]
+        assert max(lags) < 1.0, lags
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(10):
+                while True:
+                    await stalled.recv()
+        code = closed.value.rcvd.code if closed.value.rcvd else None
+        assert code in (4001, None)  # None: dropped before the close frame got through
+        assert "closing slow subscriber" in server.log()
+        assert (await call(healthy, {"id": 2, "type": "ping"}))["id"] == 2
+    finally:
+        await stalled.close()
+        await healthy.close()
