@@ -6,6 +6,7 @@ from typing import Any
 
 import falcon.asgi
 
+from .asyncapi import AsyncAPIResource
 from .config import Settings
 from .feed import ChangeFeed
 from .middleware import AuthMiddleware, LifecycleMiddleware, LoggingMiddleware
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
         service, queue_size=settings.subscriber_queue, send_timeout=settings.send_timeout
     )
     app.add_route("/reports", reports)
+    app.add_route("/asyncapi.json", AsyncAPIResource())
     app.add_static_route("/static", STATIC_DIR)
     return app
 

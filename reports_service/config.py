@@ -50,7 +50,15 @@ class Settings:
     send_timeout: float = setting(
         10.0, "seconds a send may wait on a client that stopped reading before it is dropped"
     )
+    pool_size: int = setting(10, "database connections each process keeps in its pool")
+    pool_timeout: float = setting(
+        5.0, "seconds a query waits for a free pooled connection before it fails (unavailable)"
+    )
+    shutdown_grace: int = setting(
+        10, "seconds `serve` waits for connections to close on SIGTERM before it exits"
+    )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = setting("text", "text, or json for one JSON object a line")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

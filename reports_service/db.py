@@ -30,9 +30,20 @@ def sqlite_path(url: str | URL) -> str | None:
     return parsed.database
 
 
-def make_engine(url: str, *, busy_timeout: float = 5.0, **kwargs: Any) -> AsyncEngine:
+def make_engine(
+    url: str,
+    *,
+    busy_timeout: float = 5.0,
+    pool_size: int = 10,
+    pool_timeout: float = 5.0,
+) -> AsyncEngine:
     """An async engine for ``url``; SQLite gets WAL, a busy timeout and explicit BEGINs."""
     parsed = make_url(url)
+    kwargs: dict[str, Any] = {
+        "pool_size": pool_size,
+        "max_overflow": 0,
+        "pool_timeout": pool_timeout,
+    }
     backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
     if backend == "sqlite":
         if driver != "aiosqlite":
@@ -45,7 +56,12 @@ def make_engine(url: str, *, busy_timeout: float = 5.0, **kwargs: Any) -> AsyncE
             raise DatabaseURLError(
                 f"use postgresql+asyncpg:// for PostgreSQL, not {parsed.drivername}"
             )
-        return create_async_engine(parsed, pool_pre_ping=True, **kwargs)
+        return create_async_engine(
+            parsed,
+            pool_pre_ping=True,
+            connect_args={"timeout": pool_timeout, "command_timeout": 30},
+            **kwargs,
+        )
     raise DatabaseURLError(f"unsupported database {parsed.drivername!r}: use SQLite or PostgreSQL")
 
 

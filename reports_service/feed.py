@@ -14,6 +14,8 @@ from .repository import ReportRepository
 logger = logging.getLogger("reports_service.feed")
 
 BATCH = 500
+RETRY_INTERVAL = 0.5
+STOP_TIMEOUT = 5.0
 
 
 class Subscriber(Protocol):
@@ -33,6 +35,7 @@ class ChangeFeed:
         self._interval = interval
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.version: int | None = None
 
     @property
@@ -52,17 +55,23 @@ class ChangeFeed:
             self._task = asyncio.create_task(self._run(), name="change-feed")
 
     async def stop(self) -> None:
+        # NOTE: asked to stop rather than cancelled, so a connection being opened is closed
+        #   properly; cancelled only if a database call hangs.
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
 
     async def _run(self) -> None:
         watcher = self._repository.commit_watcher()
         failing = False
         try:
-            while True:
+            while not self._stopping.is_set():
                 try:
                     if await watcher.changed():
                         await self._catch_up()
@@ -73,7 +82,9 @@ class ChangeFeed:
                     if not failing:
                         logger.warning("change feed paused: %s", error)
                     failing = True
-                await asyncio.sleep(self._interval)
+                with contextlib.suppress(TimeoutError):
+                    pause = RETRY_INTERVAL if failing else self._interval
+                    await asyncio.wait_for(self._stopping.wait(), pause)
         finally:
             await watcher.close()
 

@@ -91,56 +91,79 @@ KNOWN_TYPES = frozenset(str(t.__struct_config__.tag) for t in REQUEST_TYPES)
 # -- replies and events --------------------------------------------------------------------
 
 
+Timestamp = Annotated[datetime, Meta(tz=True)]
+
+
 class ReportOut(Struct):
+    """A whole report; ``version`` is the changelog version of its latest change."""
+
     name: str
     title: str
     content: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
     version: int
 
 
 class Page(Struct):
+    """One page of reports, newest change first; ``next`` is the cursor of the next page."""
+
     reports: list[ReportOut]
     next: str | None
 
 
 class Subscription(Struct):
+    """The names now subscribed to (null: every report) and the version pushes follow."""
+
     names: list[str] | None
     version: int
 
 
 class Pong(Struct):
+    """The latest changelog version this server has seen."""
+
     pong: bool
     version: int
 
 
 class ErrorBody(Struct):
+    """A stable ``code`` to act on and a ``message`` for people."""
+
     code: ErrorCode
     message: str
 
 
 class GetReply(Struct):
+    """Reply to ``get``."""
+
     id: RequestId
     result: ReportOut
 
 
 class PageReply(Struct):
+    """Reply to ``list`` and ``search``."""
+
     id: RequestId
     result: Page
 
 
 class SubscriptionReply(Struct):
+    """Reply to ``subscribe`` and ``unsubscribe``; pushed events follow it."""
+
     id: RequestId
     result: Subscription
 
 
 class PongReply(Struct):
+    """Reply to ``ping``."""
+
     id: RequestId
     result: Pong
 
 
 class ErrorReply(Struct):
+    """Reply to a request that failed; the connection stays open."""
+
     id: RequestId
     error: ErrorBody
 

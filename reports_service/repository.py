@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hmac
 from collections import Counter
@@ -18,6 +17,7 @@ from .errors import DatabaseUnavailable, DuplicateReports, DuplicateToken, Schem
 from .models import ApiToken, Report, ReportChange, utcnow
 from .records import Change, NewReport, TokenInfo, hash_token
 from .records import Report as ReportRecord
+from .watch import CHANNEL, CommitWatcher, PostgresWatcher, SQLiteWatcher
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -202,6 +202,9 @@ class ReportRepository:
         await conn.execute(insert(changelog), rows)
         latest = rows[-1]["version"]
         await conn.execute(delete(changelog).where(changelog.c.version <= latest - self.retention))
+        if conn.dialect.name == "postgresql":
+            # NOTE: delivered on commit, to every server's listener (watch.PostgresWatcher).
+            await conn.execute(select(func.pg_notify(CHANNEL, str(latest))))
 
     async def _created_at(self, conn: AsyncConnection, names: Sequence[str]) -> dict[str, Any]:
         """Creation times of the reports among ``names`` that exist."""
@@ -250,7 +253,10 @@ class ReportRepository:
             return [Change(row.version, row.op, _to_report(row)) for row in rows]
 
     def commit_watcher(self) -> CommitWatcher:
-        return CommitWatcher(self.engine)
+        """When the change feed should read: data_version on SQLite, LISTEN on PostgreSQL."""
+        if self.engine.dialect.name == "postgresql":
+            return PostgresWatcher(self.engine.url)
+        return SQLiteWatcher(self.engine)
 
     # -- tokens ----------------------------------------------------------------------------
 
@@ -322,44 +328,13 @@ class ReportRepository:
 
 def repository_for(settings: Settings) -> ReportRepository:
     """The repository a process uses: the engine and changelog retention from settings."""
-    engine = make_engine(settings.database_url, busy_timeout=settings.sqlite_busy_timeout)
+    engine = make_engine(
+        settings.database_url,
+        busy_timeout=settings.sqlite_busy_timeout,
+        pool_size=settings.pool_size,
+        pool_timeout=settings.pool_timeout,
+    )
     return ReportRepository(engine, retention=settings.changelog_retention)
 
 
-class CommitWatcher:
-    """A cheap check for commits by other connections, so the change feed reads only when needed.
-
-    On SQLite it asks ``PRAGMA data_version`` on one connection of its own (no table is read);
-    elsewhere it always answers yes and the feed reads the changelog's index.
-    """
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._conn: AsyncConnection | None = None
-        self._last: object = None
-
-    @_translate_errors
-    async def changed(self) -> bool:
-        if self._engine.dialect.name != "sqlite":
-            return True
-        try:
-            if self._conn is None:
-                self._conn = await self._engine.connect()
-            raw = await self._conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            cursor = await driver.execute("PRAGMA data_version")
-            (value,) = await cursor.fetchone()
-        except Exception as error:  # NOTE: the raw driver raises sqlite3's own errors
-            await self.close()
-            raise DatabaseUnavailable(f"database unavailable: {_first_line(error)}") from error
-        changed, self._last = value != self._last, value
-        return bool(changed)
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            with contextlib.suppress(Exception):
-                await conn.close()
-
-
-__all__ = ["CommitWatcher", "ReportRepository"]
+__all__ = ["ReportRepository", "repository_for"]

@@ -203,6 +203,7 @@ class ReportsSession:
     def _push(self, message: Any) -> None:
         if self.closed_slow:
             return
+        self._ensure_sender()
         try:
             self._outbox.put_nowait((message, self._binary))
         except asyncio.QueueFull:

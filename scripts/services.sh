@@ -2,6 +2,8 @@
 
 pg_url_default="postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
+chromium_bin=/usr/bin/chromium
+
 pg_ready() { command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432; }
 
 ensure_postgres() {
@@ -43,5 +45,18 @@ PY
         su postgres -c "psql -qc 'SELECT pg_reload_conf()'" >/dev/null
         su postgres -c "psql -tAc \"SELECT 1 FROM pg_database WHERE datname='test'\"" | grep -q 1 \
             || su postgres -c "createdb test"
+    fi
+}
+
+# The browser tests (tests/test_browser.py) drive Debian's Chromium through Playwright, whose own
+# browser download cannot work on the project's machines; the playwright package comes from the
+# `test` extra.
+ensure_chromium() {
+    [ -x "$chromium_bin" ] && return 0
+    echo "scripts/test: installing Chromium" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    if [ ! -x "$chromium_bin" ]; then
+        echo "scripts/test: $chromium_bin is still missing after installing chromium" >&2
+        return 1
     fi
 }
