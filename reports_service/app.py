@@ -14,6 +14,7 @@ from .protocol import BINARY, TEXT, RawBinary, RawText
 from .repository import repository_for
 from .resources.echo import EchoResource
 from .resources.hello import HelloResource
+from .resources.ops import HealthResource, MetricsResource, ReadyResource
 from .resources.reports import ReportsResource
 from .resources.static import STATIC_DIR, IndexResource
 from .service import ReportService
@@ -45,6 +46,9 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
     )
     app.add_route("/reports", reports)
     app.add_route("/asyncapi.json", AsyncAPIResource())
+    app.add_route("/healthz", HealthResource())
+    app.add_route("/readyz", ReadyResource(repository))
+    app.add_route("/metrics", MetricsResource())
     app.add_static_route("/static", STATIC_DIR)
     return app
 

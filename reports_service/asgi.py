@@ -5,5 +5,5 @@ from .config import Settings
 from .logs import configure_logging
 
 settings = Settings.from_env()
-configure_logging(settings.log_level)
+configure_logging(settings.log_level, settings.log_format)
 app = create_app(settings)

@@ -41,6 +41,10 @@ from .protocol import (
     PlainReport,
     Pong,
     PongReply,
+    Put,
+    Remove,
+    Removed,
+    RemoveReply,
     ReportEvent,
     ReportOut,
     ResyncEvent,
@@ -66,6 +70,8 @@ REPLIES: dict[type[TypedRequest], type[msgspec.Struct]] = {
     Subscribe: SubscriptionReply,
     Unsubscribe: SubscriptionReply,
     Ping: PongReply,
+    Put: GetReply,
+    Remove: RemoveReply,
 }
 EVENTS: tuple[type[msgspec.Struct], ...] = (ReportEvent, ResyncEvent)
 PLAIN_REPLIES: tuple[type[msgspec.Struct], ...] = (PlainReport, PlainError)
@@ -82,6 +88,9 @@ EXAMPLES: dict[type[msgspec.Struct], list[msgspec.Struct]] = {
     Subscribe: [Subscribe(id=5, names=["report1"]), Subscribe(id=6, since=4)],
     Unsubscribe: [Unsubscribe(id=7)],
     Ping: [Ping(id=8)],
+    Put: [Put(id=10, name="report1", title="Report 1", content="Changed")],
+    Remove: [Remove(id=11, name="report1")],
+    RemoveReply: [RemoveReply(11, Removed("report1", 6))],
     GetReply: [GetReply(1, _REPORT)],
     PageReply: [PageReply(2, Page([_REPORT], "3"))],
     SubscriptionReply: [SubscriptionReply(5, Subscription(["report1"], 4))],
@@ -97,10 +106,11 @@ EXAMPLES: dict[type[msgspec.Struct], list[msgspec.Struct]] = {
 }
 
 SUMMARIES: dict[type[msgspec.Struct], str] = {
-    GetReply: "The report a `get` asked for.",
+    GetReply: "The report a `get` asked for, or a `put` stored.",
     PageReply: "One page of reports for `list` or `search`; `next` is the cursor of the next.",
     SubscriptionReply: "What the connection is now subscribed to, and the latest version.",
     PongReply: "The answer to `ping`: the latest version this server has seen.",
+    RemoveReply: "The report a `remove` removed, and the version of the removal.",
     ErrorReply: "A typed request that failed; the connection stays open.",
     ReportEvent: "A report was added, updated or removed (to subscribers).",
     ResyncEvent: "The changelog no longer reaches back to `since`: fetch again.",

@@ -77,6 +77,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     create = tsub.add_parser("create", help="create a token and print it once")
     create.add_argument("name")
     create.add_argument("--value", help="use this token instead of a random one")
+    create.add_argument(
+        "--write", action="store_true", help="may also put and remove reports over /reports"
+    )
     create.set_defaults(handler=run_async(cmd_token_create))
     tsub.add_parser("list", help="token names and dates (never the tokens)").set_defaults(
         handler=run_async(cmd_token_list)
@@ -177,7 +180,7 @@ async def cmd_list(args: argparse.Namespace, repository: ReportRepository) -> in
 
 
 async def cmd_remove(args: argparse.Namespace, repository: ReportRepository) -> int:
-    if not await repository.remove_report(name=args.name):
+    if await repository.remove_report(name=args.name) is None:
         raise CommandError(f"no report named {args.name!r}")
     _say(f"removed {args.name}")
     return 0
@@ -187,7 +190,7 @@ async def cmd_token_create(args: argparse.Namespace, repository: ReportRepositor
     token = args.value if args.value is not None else new_token()
     if not token.strip():
         raise CommandError("a token must not be empty")
-    await repository.create_token(name=args.name, token=token)
+    await repository.create_token(name=args.name, token=token, can_write=args.write)
     _say(token)
     return 0
 
@@ -195,7 +198,8 @@ async def cmd_token_create(args: argparse.Namespace, repository: ReportRepositor
 async def cmd_token_list(args: argparse.Namespace, repository: ReportRepository) -> int:
     for info in await repository.list_tokens():
         state = f"revoked {info.revoked_at.isoformat()}" if info.revoked_at else "active"
-        _say(f"{info.name}\tcreated {info.created_at.isoformat()}\t{state}")
+        scope = "read,write" if info.can_write else "read"
+        _say(f"{info.name}\t{scope}\tcreated {info.created_at.isoformat()}\t{state}")
     return 0
 
 
@@ -209,7 +213,7 @@ async def cmd_token_revoke(args: argparse.Namespace, repository: ReportRepositor
 async def _first_token(args: argparse.Namespace, repository: ReportRepository) -> int:
     if not await repository.list_tokens():
         token = new_token()
-        await repository.create_token(name=FIRST_TOKEN_NAME, token=token)
+        await repository.create_token(name=FIRST_TOKEN_NAME, token=token, can_write=True)
         _say(f"access token for /reports (shown once, keep it): {token}")
     return 0
 

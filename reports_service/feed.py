@@ -8,7 +8,8 @@ import logging
 from typing import Protocol
 
 from .errors import ServiceError
-from .records import Change
+from .metrics import FEED_LAG, FEED_VERSION, QUEUE_DEPTH, SUBSCRIBERS
+from .records import Change, utcnow
 from .repository import ReportRepository
 
 logger = logging.getLogger("reports_service.feed")
@@ -21,6 +22,10 @@ STOP_TIMEOUT = 5.0
 class Subscriber(Protocol):
     def deliver(self, change: Change) -> None:
         """Take one change; must not block (the feed calls every subscriber in turn)."""
+
+    @property
+    def queue_depth(self) -> int:
+        """Messages waiting to be sent to this subscriber."""
 
 
 class ChangeFeed:
@@ -44,9 +49,11 @@ class ChangeFeed:
 
     def add(self, subscriber: Subscriber) -> None:
         self._subscribers.add(subscriber)
+        SUBSCRIBERS.set(len(self._subscribers))
 
     def discard(self, subscriber: Subscriber) -> None:
         self._subscribers.discard(subscriber)
+        SUBSCRIBERS.set(len(self._subscribers))
 
     async def start(self) -> None:
         if self._task is None:
@@ -102,5 +109,10 @@ class ChangeFeed:
                 #   (one transaction adding many reports) does not overflow a subscriber that
                 #   keeps up.
                 await asyncio.sleep(0)
+            if batch:
+                FEED_VERSION.set(batch[-1].version)
+                FEED_LAG.set((utcnow() - batch[-1].changed_at).total_seconds())
+                depths = [s.queue_depth for s in self._subscribers]
+                QUEUE_DEPTH.set(max(depths, default=0))
             if len(batch) < BATCH:
                 return

@@ -16,7 +16,7 @@ from falcon import media
 from falcon.constants import WebSocketPayloadType
 from msgspec import Meta, Struct
 
-from .records import MAX_NAME_LENGTH, Change, Report
+from .records import MAX_CONTENT_LENGTH, MAX_NAME_LENGTH, MAX_TITLE_LENGTH, Change, Report
 
 TEXT = WebSocketPayloadType.TEXT
 BINARY = WebSocketPayloadType.BINARY
@@ -35,6 +35,7 @@ ErrorCode = Literal[
     "not_found",  # no report by that name
     "bad_cursor",  # a cursor this server did not hand out
     "unavailable",  # the database cannot be reached now: retry later
+    "forbidden",  # this token may not write
 ]
 
 # -- requests ------------------------------------------------------------------------------
@@ -84,8 +85,31 @@ class Ping(Request, tag="ping"):
     """Answered with the latest version this server has seen."""
 
 
-AnyRequest = Get | ListReports | Search | Subscribe | Unsubscribe | Ping
-REQUEST_TYPES: tuple[type[Request], ...] = (Get, ListReports, Search, Subscribe, Unsubscribe, Ping)
+class Put(Request, tag="put"):
+    """Add the report ``name``, or replace it; needs a token created with --write."""
+
+    name: Name
+    title: Annotated[str, Meta(max_length=MAX_TITLE_LENGTH)]
+    content: Annotated[str, Meta(max_length=MAX_CONTENT_LENGTH)] = ""
+
+
+class Remove(Request, tag="remove"):
+    """Remove the report ``name``; needs a token created with --write."""
+
+    name: Name
+
+
+AnyRequest = Get | ListReports | Search | Subscribe | Unsubscribe | Ping | Put | Remove
+REQUEST_TYPES: tuple[type[Request], ...] = (
+    Get,
+    ListReports,
+    Search,
+    Subscribe,
+    Unsubscribe,
+    Ping,
+    Put,
+    Remove,
+)
 KNOWN_TYPES = frozenset(str(t.__struct_config__.tag) for t in REQUEST_TYPES)
 
 # -- replies and events --------------------------------------------------------------------
@@ -94,7 +118,7 @@ KNOWN_TYPES = frozenset(str(t.__struct_config__.tag) for t in REQUEST_TYPES)
 Timestamp = Annotated[datetime, Meta(tz=True)]
 
 
-class ReportOut(Struct):
+class ReportOut(Struct, forbid_unknown_fields=True):
     """A whole report; ``version`` is the changelog version of its latest change."""
 
     name: str
@@ -134,7 +158,7 @@ class ErrorBody(Struct):
 
 
 class GetReply(Struct):
-    """Reply to ``get``."""
+    """Reply to ``get``, and to ``put`` with the report as stored."""
 
     id: RequestId
     result: ReportOut
@@ -159,6 +183,20 @@ class PongReply(Struct):
 
     id: RequestId
     result: Pong
+
+
+class Removed(Struct, forbid_unknown_fields=True):
+    """The report that was removed, and the changelog version of its removal."""
+
+    name: str
+    version: int
+
+
+class RemoveReply(Struct):
+    """Reply to ``remove``."""
+
+    id: RequestId
+    result: Removed
 
 
 class ErrorReply(Struct):
@@ -194,7 +232,14 @@ class PlainError(Struct):
 
 
 Outgoing = (
-    GetReply | PageReply | SubscriptionReply | PongReply | ErrorReply | ReportEvent | ResyncEvent
+    GetReply
+    | PageReply
+    | SubscriptionReply
+    | PongReply
+    | RemoveReply
+    | ErrorReply
+    | ReportEvent
+    | ResyncEvent
 )
 
 

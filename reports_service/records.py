@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 MAX_NAME_LENGTH = 200
 MAX_TITLE_LENGTH = 500
@@ -41,6 +41,7 @@ class Change:
     version: int
     op: str  # "added", "updated" or "removed"
     report: Report
+    changed_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,11 @@ class TokenInfo:
     name: str
     created_at: datetime
     revoked_at: datetime | None
+    can_write: bool
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 def hash_token(token: str) -> str:

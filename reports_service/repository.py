@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .config import Settings
 from .db import WRITE_OPTIONS, make_engine
 from .errors import DatabaseUnavailable, DuplicateReports, DuplicateToken, SchemaNotReady
-from .models import ApiToken, Report, ReportChange, utcnow
-from .records import Change, NewReport, TokenInfo, hash_token
+from .models import ApiToken, Report, ReportChange
+from .records import Change, NewReport, TokenInfo, hash_token, utcnow
 from .records import Report as ReportRecord
 from .watch import CHANNEL, CommitWatcher, PostgresWatcher, SQLiteWatcher
 
@@ -35,9 +35,9 @@ _REPORT_COLUMNS = (
     reports.c.version,
 )
 _GET_REPORT = select(*_REPORT_COLUMNS).where(reports.c.name == bindparam("name"))
-_AUTHENTICATE = select(tokens.c.name, tokens.c.token_hash).where(
-    tokens.c.token_hash == bindparam("token_hash"), tokens.c.revoked_at.is_(None)
-)
+_AUTHENTICATE = select(
+    tokens.c.name, tokens.c.token_hash, tokens.c.created_at, tokens.c.can_write
+).where(tokens.c.token_hash == bindparam("token_hash"), tokens.c.revoked_at.is_(None))
 _UPDATE_REPORT = (
     update(reports)
     .where(reports.c.name == bindparam("b_name"))
@@ -178,16 +178,17 @@ class ReportRepository:
         return len(items)
 
     @_translate_errors
-    async def remove_report(self, *, name: str) -> bool:
+    async def remove_report(self, *, name: str) -> int | None:
+        """The changelog version of the removal, or None when there was no such report."""
         async with self._writer.begin() as conn:
-            version = await self._lock_changelog(conn)
+            version = await self._lock_changelog(conn) + 1
             row = (await conn.execute(_GET_REPORT, {"name": name})).first()
             if row is None:
-                return False
+                return None
             await conn.execute(delete(reports).where(reports.c.name == name))
-            change = {**row._asdict(), "version": version + 1, "op": "removed"}
+            change = {**row._asdict(), "version": version, "op": "removed"}
             await self._append_changes(conn, [{**change, "changed_at": utcnow()}])
-        return True
+        return version
 
     async def _lock_changelog(self, conn: AsyncConnection) -> int:
         """Serialise writers and return the latest version: versions follow commit order."""
@@ -250,7 +251,7 @@ class ReportRepository:
             stmt = stmt.where(changelog.c.name.in_(list(names)))
         async with self.engine.connect() as conn:
             rows = await conn.execute(stmt)
-            return [Change(row.version, row.op, _to_report(row)) for row in rows]
+            return [Change(row.version, row.op, _to_report(row), row.changed_at) for row in rows]
 
     def commit_watcher(self) -> CommitWatcher:
         """When the change feed should read: data_version on SQLite, LISTEN on PostgreSQL."""
@@ -261,14 +262,16 @@ class ReportRepository:
     # -- tokens ----------------------------------------------------------------------------
 
     @_translate_errors
-    async def create_token(self, *, name: str, token: str) -> None:
+    async def create_token(self, *, name: str, token: str, can_write: bool = False) -> None:
+        values = {
+            "name": name,
+            "token_hash": hash_token(token),
+            "created_at": utcnow(),
+            "can_write": can_write,
+        }
         try:
             async with self._writer.begin() as conn:
-                await conn.execute(
-                    insert(tokens).values(
-                        name=name, token_hash=hash_token(token), created_at=utcnow()
-                    )
-                )
+                await conn.execute(insert(tokens).values(**values))
         except exc.IntegrityError:
             raise DuplicateToken(
                 f"a token named {name!r} (or with that value) exists already"
@@ -276,11 +279,10 @@ class ReportRepository:
 
     @_translate_errors
     async def list_tokens(self) -> list[TokenInfo]:
-        stmt = select(tokens.c.name, tokens.c.created_at, tokens.c.revoked_at).order_by(
-            tokens.c.created_at, tokens.c.name
-        )
+        columns = (tokens.c.name, tokens.c.created_at, tokens.c.revoked_at, tokens.c.can_write)
+        stmt = select(*columns).order_by(tokens.c.created_at, tokens.c.name)
         async with self.engine.connect() as conn:
-            return [TokenInfo(r.name, r.created_at, r.revoked_at) for r in await conn.execute(stmt)]
+            return [TokenInfo(*row) for row in await conn.execute(stmt)]
 
     @_translate_errors
     async def revoke_token(self, *, name: str) -> bool:
@@ -294,14 +296,14 @@ class ReportRepository:
         return bool(result.rowcount)
 
     @_translate_errors
-    async def authenticate(self, token: str) -> str | None:
-        """The name of the live token ``token``, or None."""
+    async def authenticate(self, token: str) -> TokenInfo | None:
+        """The live token ``token``, or None."""
         wanted = hash_token(token)
         async with self.engine.connect() as conn:
             row = (await conn.execute(_AUTHENTICATE, {"token_hash": wanted})).first()
         if row is None or not hmac.compare_digest(row.token_hash, wanted):
             return None
-        return str(row.name)
+        return TokenInfo(row.name, row.created_at, None, row.can_write)
 
     @_translate_errors
     async def token_active(self, *, name: str) -> bool:

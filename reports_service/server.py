@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any
 
 import uvicorn
 
 from .config import Settings
 from .logs import configure_logging
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is imported
 
 
 def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -23,7 +27,7 @@ def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "ws_ping_timeout": settings.ws_ping_timeout,
         "lifespan": "on",
         "log_level": settings.log_level.lower(),
-        "timeout_graceful_shutdown": 10,
+        "timeout_graceful_shutdown": settings.shutdown_grace,
         "server_header": False,
     }
     options.update(overrides)
@@ -31,5 +35,9 @@ def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
 
 
 def serve(settings: Settings, **overrides: Any) -> None:
-    configure_logging(settings.log_level)
-    uvicorn.run("reports_service.asgi:app", **uvicorn_options(settings, **overrides))
+    configure_logging(settings.log_level, settings.log_format)
+    options = uvicorn_options(settings, **overrides)
+    if options["workers"] > 1 and not os.environ.get(MULTIPROC_ENV):
+        # NOTE: set before the workers start, so /metrics adds up every worker's metrics.
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="reports-metrics-")
+    uvicorn.run("reports_service.asgi:app", **options)

@@ -12,11 +12,16 @@ from .protocol import (
     Ping,
     Pong,
     PongReply,
+    Put,
+    Remove,
+    Removed,
+    RemoveReply,
     RequestError,
     Search,
     report_out,
     report_reply,
 )
+from .records import NewReport
 from .repository import ReportRepository
 
 
@@ -49,6 +54,23 @@ class ReportService:
 
     def ping(self, request: Ping) -> PongReply:
         return PongReply(request.id, Pong(True, self.feed.version or 0))
+
+    async def put(self, request: Put) -> GetReply:
+        try:
+            report = NewReport(request.name, request.title, request.content)
+        except ValueError as error:
+            raise RequestError("invalid_request", str(error)) from None
+        await self.repository.add_reports([report], replace=True)
+        stored = await self.repository.get_report(name=request.name)
+        if stored is None:  # removed by another writer in between
+            raise RequestError("not_found", f"no report named {request.name!r}")
+        return GetReply(request.id, report_out(stored))
+
+    async def remove(self, request: Remove) -> RemoveReply:
+        version = await self.repository.remove_report(name=request.name)
+        if version is None:
+            raise RequestError("not_found", f"no report named {request.name!r}")
+        return RemoveReply(request.id, Removed(request.name, version))
 
 
 def _cursor(cursor: str | None) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from falcon import WebSocketDisconnected
@@ -13,8 +14,10 @@ from falcon.asgi import WebSocket
 from . import transport
 from .errors import ServiceError
 from .feed import ChangeFeed
+from .metrics import CLOSES, MESSAGES, REPLIES, REQUEST_SECONDS
 from .protocol import (
     BINARY,
+    REPORT_NOT_FOUND,
     TEXT,
     UNAVAILABLE,
     AnyRequest,
@@ -23,6 +26,8 @@ from .protocol import (
     Payload,
     Ping,
     ProtocolError,
+    Put,
+    Remove,
     RequestError,
     ResyncEvent,
     Search,
@@ -48,9 +53,16 @@ class ReportsSession:
     """Answers one connection's messages and pushes the changes it subscribed to."""
 
     def __init__(
-        self, ws: WebSocket, service: ReportService, *, queue_size: int, send_timeout: float
+        self,
+        ws: WebSocket,
+        service: ReportService,
+        *,
+        queue_size: int,
+        send_timeout: float,
+        can_write: bool = False,
     ) -> None:
         self._ws = ws
+        self._can_write = can_write
         self._send_timeout = send_timeout
         self._service = service
         self._feed: ChangeFeed = service.feed
@@ -68,25 +80,41 @@ class ReportsSession:
 
     async def handle(self, payload: Payload) -> Any:
         """The direct reply to one message, or None when the reply goes through the outbox."""
+        started = time.perf_counter()
+        reply, kind, outcome = await self._answer(payload)
+        MESSAGES.labels(kind).inc()
+        REPLIES.labels(outcome).inc()
+        REQUEST_SECONDS.observe(time.perf_counter() - started)
+        return reply
+
+    async def _answer(self, payload: Payload) -> tuple[Any, str, str]:
+        """(reply, kind of message, outcome)"""
         try:
             message = decode(payload)
         except RequestError as error:
-            return error_reply(request_id(payload), error.code, error.message)
+            return (
+                error_reply(request_id(payload), error.code, error.message),
+                "invalid",
+                error.code,
+            )
         except ProtocolError as error:
-            return {"error": str(error)}
+            return {"error": str(error)}, "invalid", "invalid_request"
         if isinstance(message, str):
             try:
-                return await self._service.plain(message)
+                reply = await self._service.plain(message)
             except ServiceError as error:
                 logger.warning("query failed: %s", error)
-                return UNAVAILABLE
+                return UNAVAILABLE, "plain", "unavailable"
+            return reply, "plain", "ok" if reply is not REPORT_NOT_FOUND else "not_found"
+        kind = type(message).__struct_config__.tag
         try:
-            return await self._dispatch(message, isinstance(payload, bytes))
+            return await self._dispatch(message, isinstance(payload, bytes)), str(kind), "ok"
         except RequestError as error:
-            return error_reply(message.id, error.code, error.message)
+            return error_reply(message.id, error.code, error.message), str(kind), error.code
         except ServiceError as error:
             logger.warning("request failed: %s", error)
-            return error_reply(message.id, "unavailable", "database unavailable, retry later")
+            failed = error_reply(message.id, "unavailable", "database unavailable, retry later")
+            return failed, str(kind), "unavailable"
 
     async def _dispatch(self, request: AnyRequest, binary: bool) -> Any:
         match request:
@@ -100,6 +128,14 @@ class ReportsSession:
                 await self._subscribe(request, binary)
             case Unsubscribe():
                 self._unsubscribe(request)
+            case Put() | Remove():
+                if not self._can_write:
+                    raise RequestError(
+                        "forbidden", "this token may not write: create one with --write"
+                    )
+                if isinstance(request, Put):
+                    return await self._service.put(request)
+                return await self._service.remove(request)
         return None
 
     # -- subscriptions ---------------------------------------------------------------------
@@ -185,6 +221,10 @@ class ReportsSession:
         self._feed.discard(self)
         self._subscribed, self._names, self._held = False, None, None
 
+    @property
+    def queue_depth(self) -> int:
+        return self._outbox.qsize()
+
     def deliver(self, change: Change) -> None:
         if not self._subscribed or (
             self._names is not None and change.report.name not in self._names
@@ -220,6 +260,7 @@ class ReportsSession:
         asyncio.get_running_loop().create_task(self._close_slow())
 
     async def _close_slow(self) -> None:
+        CLOSES.labels(str(SLOW_CONSUMER)).inc()
         reason = "too slow: reconnect and resume with since"
         await transport.close(self._ws, SLOW_CONSUMER, reason, self._send_timeout)
 

@@ -11,6 +11,8 @@ from falcon import WebSocketDisconnected
 from falcon.asgi import WebSocket
 from falcon.constants import WebSocketPayloadType
 
+from .metrics import CLOSES
+
 logger = logging.getLogger("reports_service.transport")
 
 
@@ -49,5 +51,6 @@ def abort(ws: WebSocket) -> None:
     transport = getattr(protocol, "transport", None)
     if isinstance(transport, asyncio.Transport):
         logger.info("dropping a connection that stopped reading")
+        CLOSES.labels("1006").inc()
         with contextlib.suppress(Exception):
             transport.abort()

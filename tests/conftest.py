@@ -16,6 +16,7 @@ from .databases import PostgresTemplate, SQLiteTemplate, backends
 from .server import Server
 
 TOKEN = "test-token-0123456789"
+WRITE_TOKEN = "test-write-token-0123456789"
 TUTORIAL = [
     NewReport(f"report{n}", f"Report {n}", f"This is the content of report {n}")
     for n in range(1, 5)
@@ -64,6 +65,7 @@ async def repository(settings: Settings) -> AsyncIterator[ReportRepository]:
     repo = repository_for(settings)
     await repo.add_reports(TUTORIAL)
     await repo.create_token(name="test", token=TOKEN)
+    await repo.create_token(name="writer", token=WRITE_TOKEN, can_write=True)
     yield repo
     await repo.dispose()
 

@@ -28,7 +28,7 @@ from reports_service.asyncapi import build_document, render
 from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
-from .conftest import TOKEN
+from .conftest import TOKEN, WRITE_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENT = ROOT / "docs" / "asyncapi.json"
@@ -283,7 +283,7 @@ async def test_reports_messages_match_the_document(
 ) -> None:
     async with conductor.simulate_ws("/reports") as ws:
         s = Session(spec, ws, binary)
-        await s.exchange("receiveToken", TOKEN)
+        await s.exchange("receiveToken", WRITE_TOKEN)
         await s.exchange("receivePlainQuery", "report1", "plainReport")
         await s.exchange("receivePlainQuery", "report9", "plainError")
         if binary:
@@ -304,6 +304,10 @@ async def test_reports_messages_match_the_document(
             ("receivePing", {"type": "ping", "id": 8}, True, "pongReply"),
             ("receivePing", {"type": "ping"}, True, "pongReply"),
             ("receiveUnknownRequest", {"type": "frobnicate", "id": 9}, True, "errorReply"),
+            ("receivePut", {"type": "put", "id": 20, "name": "y", "title": "Y"}, True, "getReply"),
+            ("receivePut", {"type": "put", "id": 21, "name": "y"}, False, "errorReply"),
+            ("receiveRemove", {"type": "remove", "id": 22, "name": "y"}, True, "removeReply"),
+            ("receiveRemove", {"type": "remove", "id": 23, "name": "y"}, True, "errorReply"),
         ]
         for op_id, request, valid, key in typed:
             [reply] = await s.exchange(op_id, request, key, valid=valid)

@@ -106,11 +106,11 @@ def test_tokens(db_env: dict[str, str]) -> None:
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
     assert len(token) >= 32
-    fixed = run_cli(db_env, "token", "create", "bob", "--value", "bob-secret")
+    fixed = run_cli(db_env, "token", "create", "bob", "--value", "bob-secret", "--write")
     assert fixed.stdout.strip() == "bob-secret"
     assert_one_line_error(run_cli(db_env, "token", "create", "alice"), "exists already")
     listed = run_cli(db_env, "token", "list").stdout
-    assert "alice" in listed and "bob" in listed and "active" in listed
+    assert "alice\tread\t" in listed and "bob\tread,write\t" in listed and "active" in listed
     assert token not in listed and "bob-secret" not in listed
     assert run_cli(db_env, "token", "revoke", "bob").returncode == 0
     assert "revoked" in run_cli(db_env, "token", "list").stdout

@@ -12,7 +12,7 @@ from falcon.testing import ASGIConductor
 from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
-from .conftest import TOKEN
+from .conftest import TOKEN, WRITE_TOKEN
 from .wire import Wire
 
 
@@ -182,3 +182,39 @@ async def test_plain_queries_still_work_beside_typed_ones(wire: Wire) -> None:
         if wire.binary
         else {"error": "report not found"}
     )
+
+
+async def test_put_and_remove_need_a_write_token(wire: Wire) -> None:
+    reply = await wire.call({"id": 1, "type": "put", "name": "w", "title": "W"})
+    assert reply["error"]["code"] == "forbidden"
+    reply = await wire.call({"id": 2, "type": "remove", "name": "report1"})
+    assert reply["error"]["code"] == "forbidden"
+    assert (await wire.call({"id": 3, "type": "get", "name": "report1"}))["result"]
+
+
+@pytest.fixture(params=["json", "msgpack"])
+async def writer(request: pytest.FixtureRequest, conductor: ASGIConductor) -> AsyncIterator[Wire]:
+    async with conductor.simulate_ws("/reports") as ws:
+        await ws.send_text(WRITE_TOKEN)
+        yield Wire(ws, binary=request.param == "msgpack")
+
+
+async def test_put_and_remove(writer: Wire, repository: ReportRepository) -> None:
+    await writer.call({"id": 0, "type": "subscribe", "names": ["w"]})
+    put = await writer.call({"id": 1, "type": "put", "name": "w", "title": "W", "content": "c"})
+    assert (put["id"], put["result"]["name"], put["result"]["version"]) == (1, "w", 5)
+    assert (await writer.recv())["type"] == "report.added"
+    stored = await repository.get_report(name="w")
+    assert stored is not None and stored.title == "W"
+    again = await writer.call({"id": 2, "type": "put", "name": "w", "title": "W2"})
+    assert again["result"]["title"] == "W2" and again["result"]["content"] == ""
+    assert (await writer.recv())["type"] == "report.updated"
+    removed = await writer.call({"id": 3, "type": "remove", "name": "w"})
+    assert removed == {"id": 3, "result": {"name": "w", "version": 7}}
+    assert (await writer.recv())["type"] == "report.removed"
+    assert await repository.get_report(name="w") is None
+    missing = await writer.call({"id": 4, "type": "remove", "name": "w"})
+    assert missing["error"]["code"] == "not_found"
+    bad = await writer.call({"id": 5, "type": "put", "name": " w", "title": "x"})
+    assert bad["error"]["code"] == "invalid_request"
+    assert "leading or trailing spaces" in bad["error"]["message"]

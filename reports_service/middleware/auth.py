@@ -9,6 +9,7 @@ from falcon import WebSocketDisconnected
 from falcon.asgi import Request, WebSocket
 
 from ..errors import ServiceError
+from ..metrics import AUTH_FAILURES, CLOSES
 from ..protocol import token_of
 from ..repository import ReportRepository
 
@@ -43,20 +44,22 @@ class AuthMiddleware:
         try:
             first = await asyncio.wait_for(ws.receive_media(), self._timeout)
         except TimeoutError:
-            await self._reject(ws, req, POLICY_VIOLATION, "authentication timed out")
+            await self._reject(ws, req, POLICY_VIOLATION, "authentication timed out", "timeout")
         token = token_of(first)  # type: ignore[arg-type]
         try:
-            name = None if token is None else await self._repository.authenticate(token)
+            info = None if token is None else await self._repository.authenticate(token)
         except ServiceError:
-            await self._reject(ws, req, TRY_AGAIN_LATER, "service unavailable")
-        if name is None:
-            await self._reject(ws, req, POLICY_VIOLATION, "invalid token")
-        req.context.token_name = name
-        logger.info("authenticated %s as %r", req.remote_addr, name)
+            await self._reject(ws, req, TRY_AGAIN_LATER, "service unavailable", "unavailable")
+        if info is None:
+            await self._reject(ws, req, POLICY_VIOLATION, "invalid token", "invalid_token")
+        req.context.token = info
+        logger.info("authenticated %s as %r", req.remote_addr, info.name)
 
     @staticmethod
-    async def _reject(ws: WebSocket, req: Request, code: int, reason: str) -> NoReturn:
+    async def _reject(ws: WebSocket, req: Request, code: int, reason: str, metric: str) -> NoReturn:
         logger.info("refused %s on %s: %s", req.remote_addr, req.path, reason)
+        AUTH_FAILURES.labels(metric).inc()
+        CLOSES.labels(str(code)).inc()
         await ws.close(code, reason)
         # NOTE: raising ends the request here, so the route's responder never runs.
         raise WebSocketDisconnected(code)

@@ -5,6 +5,7 @@ from typing import Any
 
 from ..errors import ServiceError
 from ..feed import ChangeFeed
+from ..metrics import process_exited
 from ..migrate import head_revision
 from ..repository import ReportRepository
 
@@ -42,3 +43,4 @@ class LifecycleMiddleware:
     async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
         await self._feed.stop()
         await self._repository.dispose()
+        process_exited()

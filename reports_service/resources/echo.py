@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from falcon import WebSocketDisconnected
 from falcon.asgi import Request, WebSocket
 
 from ..protocol import ProtocolError, echo_reply, payload_type
+from .connection import receive, tracked
 
 
 class EchoResource:
@@ -11,14 +11,10 @@ class EchoResource:
 
     async def on_websocket(self, req: Request, ws: WebSocket) -> None:
         await ws.accept()
-        while True:
-            try:
-                payload = await ws.receive_media()
-            except WebSocketDisconnected:
-                return
-            assert isinstance(payload, str | bytes)
-            try:
-                reply = echo_reply(payload)
-            except ProtocolError as error:
-                reply = {"error": str(error)}
-            await ws.send_media(reply, payload_type(payload))
+        with tracked("/echo"):
+            while (payload := await receive(ws)) is not None:
+                try:
+                    reply = echo_reply(payload)
+                except ProtocolError as error:
+                    reply = {"error": str(error)}
+                await ws.send_media(reply, payload_type(payload))

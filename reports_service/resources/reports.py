@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from falcon import WebSocketDisconnected
 from falcon.asgi import Request, WebSocket
 
 from .. import transport
 from ..protocol import payload_type
 from ..service import ReportService
 from ..session import ReportsSession
+from .connection import receive, tracked
 
 
 class ReportsResource:
@@ -20,20 +20,21 @@ class ReportsResource:
     async def on_websocket(self, req: Request, ws: WebSocket) -> None:
         if ws.unaccepted:
             await ws.accept()
+        token = getattr(req.context, "token", None)
         session = ReportsSession(
-            ws, self._service, queue_size=self._queue_size, send_timeout=self._send_timeout
+            ws,
+            self._service,
+            queue_size=self._queue_size,
+            send_timeout=self._send_timeout,
+            can_write=bool(token and token.can_write),
         )
-        try:
-            while True:
-                try:
-                    payload = await ws.receive_media()
-                except WebSocketDisconnected:
-                    return
-                assert isinstance(payload, str | bytes)
-                reply = await session.handle(payload)
-                if reply is not None:
-                    await transport.send(ws, reply, payload_type(payload), self._send_timeout)
-        except transport.SendTimeout:
-            return
-        finally:
-            await session.close()
+        with tracked("/reports"):
+            try:
+                while (payload := await receive(ws)) is not None:
+                    reply = await session.handle(payload)
+                    if reply is not None:
+                        await transport.send(ws, reply, payload_type(payload), self._send_timeout)
+            except transport.SendTimeout:
+                return
+            finally:
+                await session.close()

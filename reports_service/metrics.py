@@ -1,0 +1,75 @@
+"""Prometheus metrics, multiprocess-safe when PROMETHEUS_MULTIPROC_DIR is set (several workers)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+CONNECTIONS = Gauge(
+    "reports_connections_open",
+    "WebSocket connections open now, by route",
+    ["route"],
+    multiprocess_mode="livesum",
+)
+AUTH_FAILURES = Counter(
+    "reports_auth_failures_total", "Refused /reports authentications, by reason", ["reason"]
+)
+MESSAGES = Counter(
+    "reports_messages_total",
+    "Messages received on /reports, by kind (plain, a request type, or invalid)",
+    ["kind"],
+)
+REPLIES = Counter(
+    "reports_replies_total",
+    "Replies sent on /reports, by outcome (ok, not_found, or an error code)",
+    ["outcome"],
+)
+REQUEST_SECONDS = Histogram(
+    "reports_request_seconds",
+    "Time to answer one /reports message, database query included",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
+FEED_LAG = Gauge(
+    "reports_feed_lag_seconds",
+    "Time from a change's commit to its fan-out here, for the latest change",
+    multiprocess_mode="livemax",
+)
+FEED_VERSION = Gauge(
+    "reports_feed_version",
+    "Latest changelog version this process has fanned out",
+    multiprocess_mode="livemax",
+)
+SUBSCRIBERS = Gauge(
+    "reports_subscribers", "Connections with a live subscription", multiprocess_mode="livesum"
+)
+QUEUE_DEPTH = Gauge(
+    "reports_subscriber_queue_depth",
+    "Deepest subscriber outgoing queue after the latest fan-out",
+    multiprocess_mode="livemax",
+)
+CLOSES = Counter("reports_closes_total", "WebSocket connections ended, by close code", ["code"])
+
+
+def exposition() -> bytes:
+    """The metrics of this process, or of every worker in multiprocess mode."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+def process_exited() -> None:
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

@@ -1,0 +1,106 @@
+"""Health, readiness, metrics and structured logs: what an operator sees."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+import falcon.testing
+import pytest
+import websockets
+from falcon.testing import ASGIConductor
+from websockets.exceptions import ConnectionClosed
+
+from reports_service.app import create_app
+from reports_service.config import Settings
+from reports_service.migrate import downgrade
+
+from .conftest import TOKEN
+from .server import Server
+
+
+async def test_healthz(conductor: ASGIConductor) -> None:
+    result = await conductor.simulate_get("/healthz")
+    assert (result.status_code, result.json) == (200, {"status": "ok"})
+
+
+async def test_readyz_when_ready(conductor: ASGIConductor) -> None:
+    result = await conductor.simulate_get("/readyz")
+    assert result.status_code == 200
+    assert result.json["status"] == "ready"
+
+
+async def test_readyz_503_when_behind_migrations(settings: Settings, db_url: str) -> None:
+    await asyncio.to_thread(downgrade, db_url, "0002")
+    async with ASGIConductor(create_app(settings)) as conductor:
+        result = await conductor.simulate_get("/readyz")
+    assert result.status_code == 503
+    assert "database at migration 0002" in result.json["reason"]
+    assert "reports-service migrate" in result.json["reason"]
+
+
+async def test_readyz_503_when_database_is_down(db_url: str) -> None:
+    down = (
+        "sqlite+aiosqlite:////nonexistent-directory/reports.db"
+        if db_url.startswith("sqlite")
+        else "postgresql+asyncpg://postgres@127.0.0.1:1/test"
+    )
+    async with ASGIConductor(create_app(Settings(database_url=down))) as conductor:
+        result = await conductor.simulate_get("/readyz")
+        assert (await conductor.simulate_get("/healthz")).status_code == 200
+    assert result.status_code == 503
+    assert result.json["reason"].startswith("database unavailable")
+
+
+async def test_metrics(conductor: ASGIConductor) -> None:
+    async with conductor.simulate_ws("/reports") as ws:
+        await ws.send_text("wrong")
+        with pytest.raises(falcon.WebSocketDisconnected):
+            await ws.receive_text()
+    async with conductor.simulate_ws("/reports") as ws:
+        await ws.send_text(TOKEN)
+        await ws.send_text("report1")
+        await ws.receive_json()
+        await ws.send_text('{"type": "get", "name": "nope"}')
+        await ws.receive_json()
+        text = (await conductor.simulate_get("/metrics")).text
+    assert 'reports_connections_open{route="/reports"} 1.0' in text
+    assert 'reports_auth_failures_total{reason="invalid_token"}' in text
+    assert 'reports_messages_total{kind="plain"}' in text
+    assert 'reports_messages_total{kind="get"}' in text
+    assert 'reports_replies_total{outcome="not_found"}' in text
+    assert 'reports_closes_total{code="1008"}' in text
+    for name in (
+        "reports_request_seconds_bucket",
+        "reports_feed_lag_seconds",
+        "reports_subscriber_queue_depth",
+        "reports_subscribers",
+    ):
+        assert name in text
+
+
+async def test_json_logs_tag_each_connection(make_server: Callable[..., Server]) -> None:
+    server = make_server(log_format="json", log_level="INFO")
+    for _ in range(2):
+        async with websockets.connect(server.url + "/reports") as ws:
+            await ws.send(TOKEN)
+            await ws.send("report1")
+            await ws.recv()
+    async with websockets.connect(server.url + "/reports") as ws:
+        await ws.send("not-" + TOKEN)
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+    await asyncio.sleep(0.2)
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    ours = [line for line in lines if line["logger"].startswith("reports_service.")]
+    by_conn: dict[str, list[str]] = {}
+    for line in ours:
+        if line["conn"] != "-":
+            by_conn.setdefault(line["conn"], []).append(line["message"])
+    assert len(by_conn) == 3
+    for messages in by_conn.values():
+        assert any(m.startswith("websocket connection on /reports") for m in messages)
+    assert sum(any("authenticated" in m for m in ms) for ms in by_conn.values()) == 2
+    assert sum(any("invalid token" in m for m in ms) for ms in by_conn.values()) == 1
+    assert TOKEN not in server.log()
