@@ -9,7 +9,8 @@ import falcon.asgi
 from .asyncapi import AsyncAPIResource
 from .config import Settings
 from .feed import ChangeFeed
-from .middleware import AuthMiddleware, LifecycleMiddleware, LoggingMiddleware
+from .limits import FailureThrottle, TokenGuard, registry_for
+from .middleware import AuthMiddleware, LifecycleMiddleware, LoggingMiddleware, OriginMiddleware
 from .protocol import BINARY, TEXT, RawBinary, RawText
 from .repository import repository_for
 from .resources.echo import EchoResource
@@ -28,11 +29,19 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
     repository = repository_for(settings)
     feed = ChangeFeed(repository, interval=settings.feed_interval)
     service = ReportService(repository, feed)
+    registry = registry_for(settings)
+    guard = TokenGuard(
+        repository, registry, interval=settings.token_recheck, send_timeout=settings.send_timeout
+    )
+    throttle = FailureThrottle(limit=settings.auth_failures, window=settings.auth_failure_window)
 
     middleware: list[Any] = [
-        LifecycleMiddleware(repository, feed, settings.masked_database_url()),
+        LifecycleMiddleware(repository, feed, guard, settings.masked_database_url()),
         LoggingMiddleware(),
-        AuthMiddleware(repository, PROTECTED_ROUTES, timeout=settings.auth_timeout),
+        OriginMiddleware(settings.allowed_origins),
+        AuthMiddleware(
+            repository, PROTECTED_ROUTES, timeout=settings.auth_timeout, throttle=throttle
+        ),
     ]
     app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=middleware)
     app.ws_options.media_handlers[TEXT] = RawText()
@@ -40,11 +49,8 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
 
     app.add_route("/", IndexResource())
     app.add_route("/hello", HelloResource())
-    app.add_route("/echo", EchoResource())
-    reports = ReportsResource(
-        service, queue_size=settings.subscriber_queue, send_timeout=settings.send_timeout
-    )
-    app.add_route("/reports", reports)
+    app.add_route("/echo", EchoResource(registry, settings))
+    app.add_route("/reports", ReportsResource(service, registry, settings))
     app.add_route("/asyncapi.json", AsyncAPIResource())
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(repository))

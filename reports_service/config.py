@@ -50,6 +50,34 @@ class Settings:
     send_timeout: float = setting(
         10.0, "seconds a send may wait on a client that stopped reading before it is dropped"
     )
+    max_connections: int = setting(
+        10_000, "WebSocket connections one process accepts; more are closed with 1013"
+    )
+    max_connections_per_token: int = setting(
+        100, "connections one access token may hold at once; more are closed with 1008"
+    )
+    rate_limit: float = setting(
+        100.0, "messages a second one connection may send (0: no limit); more get an error"
+    )
+    rate_burst: float = setting(200.0, "messages one connection may send at once, in a burst")
+    rate_strikes: int = setting(
+        50, "messages refused in a row for rate before the connection is closed (1008)"
+    )
+    idle_timeout: float = setting(
+        300.0, "seconds without a message before a connection with no subscription is closed"
+    )
+    token_recheck: float = setting(
+        2.0, "seconds between checks that closes connections of revoked tokens (1008)"
+    )
+    auth_failures: int = setting(
+        5, "failed logins from one address before it is refused for auth_failure_window"
+    )
+    auth_failure_window: float = setting(
+        60.0, "seconds failed logins are remembered, and an address refused for"
+    )
+    allowed_origins: str = setting(
+        "", "comma-separated Origins browsers may connect from (the service's own always; *: any)"
+    )
     pool_size: int = setting(10, "database connections each process keeps in its pool")
     pool_timeout: float = setting(
         5.0, "seconds a query waits for a free pooled connection before it fails (unavailable)"

@@ -36,6 +36,7 @@ ErrorCode = Literal[
     "bad_cursor",  # a cursor this server did not hand out
     "unavailable",  # the database cannot be reached now: retry later
     "forbidden",  # this token may not write
+    "rate_limited",  # too many messages: wait `retry_after` seconds
 ]
 
 # -- requests ------------------------------------------------------------------------------
@@ -150,11 +151,12 @@ class Pong(Struct):
     version: int
 
 
-class ErrorBody(Struct):
-    """A stable ``code`` to act on and a ``message`` for people."""
+class ErrorBody(Struct, omit_defaults=True):
+    """A stable ``code`` to act on and a ``message`` for people (``retry_after``: seconds)."""
 
     code: ErrorCode
     message: str
+    retry_after: float | None = None
 
 
 class GetReply(Struct):
@@ -367,8 +369,22 @@ def event(change: Change) -> ReportEvent:
     return ReportEvent(kind, report_out(change.report), change.version)
 
 
-def error_reply(rid: RequestId, code: ErrorCode, message: str) -> ErrorReply:
-    return ErrorReply(rid, ErrorBody(code, message))
+def error_reply(
+    rid: RequestId, code: ErrorCode, message: str, retry_after: float | None = None
+) -> ErrorReply:
+    return ErrorReply(rid, ErrorBody(code, message, retry_after))
+
+
+def rate_limited(payload: Payload, retry_after: float) -> Any:
+    """The reply to a message refused for rate, in the shape the message asked for."""
+    wait = round(retry_after, 3)
+    try:
+        message = decode(payload)
+    except (RequestError, ProtocolError):
+        message = None
+    if isinstance(message, Request):
+        return error_reply(message.id, "rate_limited", "too many messages", wait)
+    return {"error": "rate limited", "retry_after": wait}
 
 
 def report_reply(report: Report | None) -> dict[str, str]:

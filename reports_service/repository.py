@@ -306,10 +306,14 @@ class ReportRepository:
         return TokenInfo(row.name, row.created_at, None, row.can_write)
 
     @_translate_errors
-    async def token_active(self, *, name: str) -> bool:
-        stmt = select(tokens.c.id).where(tokens.c.name == name, tokens.c.revoked_at.is_(None))
+    async def revoked_tokens(self, names: Collection[str]) -> list[str]:
+        """Those of ``names`` that were revoked (or no longer exist)."""
+        stmt = select(tokens.c.name).where(
+            tokens.c.name.in_(list(names)), tokens.c.revoked_at.is_(None)
+        )
         async with self.engine.connect() as conn:
-            return (await conn.execute(stmt)).first() is not None
+            live = set((await conn.execute(stmt)).scalars())
+        return [name for name in names if name not in live]
 
     # -- schema ----------------------------------------------------------------------------
 

@@ -221,6 +221,9 @@ class ReportsSession:
         self._feed.discard(self)
         self._subscribed, self._names, self._held = False, None, None
 
+    def subscribed(self) -> bool:
+        return self._subscribed
+
     @property
     def queue_depth(self) -> int:
         return self._outbox.qsize()

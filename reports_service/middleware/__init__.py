@@ -3,5 +3,6 @@
 from .auth import AuthMiddleware
 from .lifecycle import LifecycleMiddleware
 from .logging import LoggingMiddleware
+from .origin import OriginMiddleware
 
-__all__ = ["AuthMiddleware", "LifecycleMiddleware", "LoggingMiddleware"]
+__all__ = ["AuthMiddleware", "LifecycleMiddleware", "LoggingMiddleware", "OriginMiddleware"]

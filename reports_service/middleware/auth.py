@@ -9,6 +9,7 @@ from falcon import WebSocketDisconnected
 from falcon.asgi import Request, WebSocket
 
 from ..errors import ServiceError
+from ..limits import FailureThrottle
 from ..metrics import AUTH_FAILURES, CLOSES
 from ..protocol import token_of
 from ..repository import ReportRepository
@@ -27,11 +28,17 @@ class AuthMiddleware:
     """
 
     def __init__(
-        self, repository: ReportRepository, protected: Iterable[str], *, timeout: float
+        self,
+        repository: ReportRepository,
+        protected: Iterable[str],
+        *,
+        timeout: float,
+        throttle: FailureThrottle,
     ) -> None:
         self._repository = repository
         self._protected = frozenset(protected)
         self._timeout = timeout
+        self._throttle = throttle
 
     async def process_resource_ws(
         self, req: Request, ws: WebSocket, resource: object, params: dict[str, Any]
@@ -41,9 +48,13 @@ class AuthMiddleware:
         if req.uri_template not in self._protected:
             return
         await ws.accept()
+        address = req.remote_addr or "-"
+        if self._throttle.blocked_for(address):
+            await self._reject(ws, req, POLICY_VIOLATION, "too many failed logins", "throttled")
         try:
             first = await asyncio.wait_for(ws.receive_media(), self._timeout)
         except TimeoutError:
+            self._throttle.failed(address)
             await self._reject(ws, req, POLICY_VIOLATION, "authentication timed out", "timeout")
         token = token_of(first)  # type: ignore[arg-type]
         try:
@@ -51,6 +62,7 @@ class AuthMiddleware:
         except ServiceError:
             await self._reject(ws, req, TRY_AGAIN_LATER, "service unavailable", "unavailable")
         if info is None:
+            self._throttle.failed(address)
             await self._reject(ws, req, POLICY_VIOLATION, "invalid token", "invalid_token")
         req.context.token = info
         logger.info("authenticated %s as %r", req.remote_addr, info.name)

@@ -5,6 +5,7 @@ from typing import Any
 
 from ..errors import ServiceError
 from ..feed import ChangeFeed
+from ..limits import TokenGuard
 from ..metrics import process_exited
 from ..migrate import head_revision
 from ..repository import ReportRepository
@@ -15,14 +16,18 @@ logger = logging.getLogger("reports_service")
 class LifecycleMiddleware:
     """Checks the database at start-up and disposes of its connections at shutdown."""
 
-    def __init__(self, repository: ReportRepository, feed: ChangeFeed, database: str) -> None:
+    def __init__(
+        self, repository: ReportRepository, feed: ChangeFeed, guard: TokenGuard, database: str
+    ) -> None:
         self._repository = repository
         self._feed = feed
+        self._guard = guard
         self._database = database
 
     async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
         await self._check_schema()
         await self._feed.start()
+        await self._guard.start()
 
     async def _check_schema(self) -> None:
         try:
@@ -41,6 +46,7 @@ class LifecycleMiddleware:
             logger.info("serving reports from %s", self._database)
 
     async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        await self._guard.stop()
         await self._feed.stop()
         await self._repository.dispose()
         process_exited()

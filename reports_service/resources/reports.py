@@ -3,38 +3,47 @@ from __future__ import annotations
 from falcon.asgi import Request, WebSocket
 
 from .. import transport
-from ..protocol import payload_type
+from ..config import Settings
+from ..limits import ConnectionRegistry
+from ..protocol import payload_type, rate_limited
+from ..records import TokenInfo
 from ..service import ReportService
 from ..session import ReportsSession
-from .connection import receive, tracked
+from .connection import serving
 
 
 class ReportsResource:
     """WebSocket /reports: plain queries by name, typed requests, and live subscriptions."""
 
-    def __init__(self, service: ReportService, *, queue_size: int, send_timeout: float) -> None:
+    def __init__(
+        self, service: ReportService, registry: ConnectionRegistry, settings: Settings
+    ) -> None:
         self._service = service
-        self._queue_size = queue_size
-        self._send_timeout = send_timeout
+        self._registry = registry
+        self._settings = settings
 
     async def on_websocket(self, req: Request, ws: WebSocket) -> None:
         if ws.unaccepted:
             await ws.accept()
-        token = getattr(req.context, "token", None)
+        token: TokenInfo | None = getattr(req.context, "token", None)
         session = ReportsSession(
             ws,
             self._service,
-            queue_size=self._queue_size,
-            send_timeout=self._send_timeout,
+            queue_size=self._settings.subscriber_queue,
+            send_timeout=self._settings.send_timeout,
             can_write=bool(token and token.can_write),
         )
-        with tracked("/reports"):
-            try:
-                while (payload := await receive(ws)) is not None:
-                    reply = await session.handle(payload)
+        name = token.name if token else None
+        try:
+            async with serving(ws, "/reports", self._registry, self._settings, name) as conn:
+                conn.keep_alive = session.subscribed
+                while (payload := await conn.receive()) is not None:
+                    wait = conn.throttle()
+                    reply = rate_limited(payload, wait) if wait else await session.handle(payload)
                     if reply is not None:
-                        await transport.send(ws, reply, payload_type(payload), self._send_timeout)
-            except transport.SendTimeout:
-                return
-            finally:
-                await session.close()
+                        kind = payload_type(payload)
+                        await transport.send(ws, reply, kind, self._settings.send_timeout)
+        except transport.SendTimeout:
+            return
+        finally:
+            await session.close()

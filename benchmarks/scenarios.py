@@ -1,0 +1,645 @@
+"""The measurements of a benchmark run. Each is a :class:`Scenario`; to add one, write a class
+with ``key``, ``title`` and ``run(ctx) -> Section`` and list it in :data:`SCENARIOS`.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import json
+import re
+import selectors
+import shutil
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from benchmarks import ROOT
+from benchmarks.databases import migrated, seed_py, sqlite_url
+from benchmarks.procs import BenchError, Proc, Processes, log, pinned, python, rss_kib, run_checked
+from benchmarks.report import Check, Section, divide, median, num, percent, ratio, table
+from benchmarks.targets import BASELINE, SQLITE, SQLITE_BIG, Server, Target, start_server
+
+# The issue's targets.
+MIN_THROUGHPUT_RATIO = 0.95
+MAX_P99_RATIO = 1.2
+MAX_IDLE_KIB = 20.0
+MAX_BULK_SECONDS = 3.0
+CHECKED_TARGETS = (SQLITE, SQLITE_BIG)
+
+
+@dataclass
+class Context:
+    """What every scenario may use: options, prepared targets, the process registry."""
+
+    args: argparse.Namespace
+    procs: Processes
+    env: dict[str, str]
+    work_dir: Path
+    log_dir: Path
+    targets: dict[str, Target]
+    server_cpu: str | None
+    client_cpu: str | None
+
+    def start(self, target: Target, *, nofile: int = 0, tag: str = "") -> Server:
+        return start_server(
+            self.procs,
+            target,
+            env=self.env,
+            cpu=self.server_cpu,
+            log_dir=self.log_dir,
+            nofile=nofile,
+            tag=tag,
+        )
+
+    def load_command(self, server: Server, mode: str, *extra: str) -> list[str]:
+        command = python("-m", "benchmarks.load", mode, *server.load_args(), *extra)
+        return pinned(command, self.client_cpu)
+
+    def round_trips(
+        self, server: Server, connections: int, duration: float, warmup: float
+    ) -> dict[str, Any]:
+        """One run of the load generator against ``server``; its figures."""
+        command = self.load_command(
+            server,
+            "rtt",
+            *("--connections", str(connections), "--duration", str(duration)),
+            *("--warmup", str(warmup)),
+        )
+        what = f"load on {server.target.key} x{connections}"
+        result = run_checked(command, env=self.env, timeout=warmup + duration + 90, what=what)
+        data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+        if not server.proc.alive():
+            raise BenchError(f"{server.proc.name} died under load:\n{server.proc.tail()}")
+        if data["errors"]:
+            raise BenchError(f"{what}: {data['errors']} bad replies, first: {data['first_error']}")
+        return data
+
+
+class Scenario(abc.ABC):
+    """One measurement: ``key`` names it for --only/--skip, ``title`` heads its section."""
+
+    key: ClassVar[str]
+    title: ClassVar[str]
+
+    @abc.abstractmethod
+    def run(self, ctx: Context) -> Section: ...
+
+
+# -- round trips -----------------------------------------------------------------------------
+
+
+class RoundTrips(Scenario):
+    """Throughput and latency of sequential round trips, 1 and 64 connections, every target.
+
+    All servers run at once (idle ones cost nothing) and the runs are interleaved: repeat 1 of
+    every target and connection count, then repeat 2, ... so that drift of the machine during
+    the run spreads over all targets alike. Figures are the medians over the repeats.
+    """
+
+    key = "roundtrip"
+    title = "Round trips: throughput and latency"
+
+    def run(self, ctx: Context) -> Section:
+        args = ctx.args
+        keys = [key for key in args.targets if key in ctx.targets]
+        servers = {key: ctx.start(ctx.targets[key]) for key in keys}
+        runs: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+        for repeat in range(1, args.repeats + 1):
+            for key in keys:
+                for conns in args.connections:
+                    data = ctx.round_trips(servers[key], conns, args.duration, args.warmup)
+                    runs[key, conns].append(data)
+                    log(
+                        f"[{repeat}/{args.repeats}] {key:<10} x{conns:<3} "
+                        f"{data['rps']:>9,.0f} rt/s  p50 {data['p50_ms']:.3f} ms  "
+                        f"p99 {data['p99_ms']:.3f} ms  client cpu {data['client_cpu']:.0%}"
+                    )
+        for server in servers.values():
+            ctx.procs.stop(server.proc)
+        return self.summarise(ctx, keys, runs)
+
+    def summarise(
+        self, ctx: Context, keys: Sequence[str], runs: dict[tuple[str, int], list[dict[str, Any]]]
+    ) -> Section:
+        figures: dict[tuple[str, int], dict[str, float]] = {}
+        for (key, conns), results in runs.items():
+            figures[key, conns] = {
+                name: median([r[name] for r in results])
+                for name in (
+                    "rps",
+                    "p50_ms",
+                    "p99_ms",
+                    "p999_ms",
+                    "client_cpu",
+                    "server_cpu",
+                    "server_us_per_rt",
+                )
+            }
+        rows, checks = [], []
+        for conns in ctx.args.connections:
+            base = figures.get((BASELINE, conns))
+            for key in keys:
+                fig = figures[key, conns]
+                rps_ratio = divide(fig["rps"], base["rps"]) if base else float("nan")
+                p99_ratio = divide(fig["p99_ms"], base["p99_ms"]) if base else float("nan")
+                fig["rps_ratio"], fig["p99_ratio"] = rps_ratio, p99_ratio
+                rows.append(
+                    [
+                        ctx.targets[key].label,
+                        str(conns),
+                        num(fig["rps"]),
+                        num(fig["p50_ms"], 3),
+                        num(fig["p99_ms"], 3),
+                        ratio(rps_ratio),
+                        ratio(p99_ratio),
+                        percent(fig["server_cpu"]),
+                        num(fig["server_us_per_rt"]),
+                        percent(fig["client_cpu"]),
+                    ]
+                )
+                if key in CHECKED_TARGETS:
+                    label = ctx.targets[key].label
+                    checks += [
+                        Check(
+                            f"{label}, {conns} conn: throughput vs baseline",
+                            rps_ratio,
+                            ">=",
+                            MIN_THROUGHPUT_RATIO,
+                            "x",
+                        ),
+                        Check(
+                            f"{label}, {conns} conn: p99 vs baseline",
+                            p99_ratio,
+                            "<=",
+                            MAX_P99_RATIO,
+                            "x",
+                        ),
+                    ]
+        for key in CHECKED_TARGETS:
+            if key not in keys:
+                checks.append(Check(f"{key}: throughput/p99 vs baseline", None, ">=", 0.95, "x"))
+        header = [
+            "server",
+            "conns",
+            "round trips/s",
+            "p50 ms",
+            "p99 ms",
+            "throughput vs baseline",
+            "p99 vs baseline",
+            "server CPU",
+            "server CPU µs/rt",
+            "client CPU",
+        ]
+        lines = [
+            f"Medians of {ctx.args.repeats} runs of {ctx.args.duration:g} s each (after "
+            f"{ctx.args.warmup:g} s warm-up); every connection keeps one message in flight. "
+            f"Server pinned to CPU {ctx.server_cpu or '-'}, load generator (picows) to CPU "
+            f"{ctx.client_cpu or '-'}. 'server CPU' is the server process's CPU time (all its "
+            "threads) over the measured window, as a share of one core, and per round trip; "
+            "'client CPU' is the load generator's: far below 100% means the client was not the "
+            "bottleneck.",
+            "",
+            *table(header, rows),
+        ]
+        data = {
+            f"{key}@{conns}": {"median": figures[key, conns], "runs": runs[key, conns]}
+            for key, conns in figures
+        }
+        return Section(self.key, self.title, lines, checks, data)
+
+
+# -- idle capacity ---------------------------------------------------------------------------
+
+
+class IdleCapacity(Scenario):
+    """RSS growth of one server process per idle, authenticated connection."""
+
+    key = "idle"
+    title = "Idle capacity: memory per authenticated connection"
+
+    def run(self, ctx: Context) -> Section:
+        rows, checks, data = [], [], {}
+        for key in ctx.args.idle_targets:
+            if key not in ctx.targets:
+                continue
+            figures = self.measure(ctx, ctx.targets[key])
+            data[key] = figures
+            rows.append(
+                [
+                    ctx.targets[key].label,
+                    num(figures["connections"]),
+                    num(figures["rss_before_kib"] / 1024, 1),
+                    num(figures["rss_after_kib"] / 1024, 1),
+                    num(figures["kib_per_connection"], 2),
+                    num(figures["open_seconds"], 1),
+                    num(figures["rss_after_close_kib"] / 1024, 1),
+                ]
+            )
+            if key == SQLITE:
+                checks.append(
+                    Check(
+                        f"{ctx.targets[key].label}: RSS per idle connection",
+                        figures["kib_per_connection"],
+                        "<=",
+                        MAX_IDLE_KIB,
+                        " KiB",
+                    )
+                )
+        if SQLITE not in data:
+            checks.append(Check("RSS per idle connection", None, "<=", MAX_IDLE_KIB, " KiB"))
+        header = [
+            "server",
+            "connections",
+            "RSS before MiB",
+            "RSS with them MiB",
+            "KiB per connection",
+            "seconds to open",
+            "RSS after closing MiB",
+        ]
+        lines = [
+            "A fresh server process; a short warm-up load, then VmRSS; then the connections are "
+            "opened (each sends the token and gets one reply, so the server holds it at its "
+            "receive loop) and VmRSS read again. Growth / connections = KiB per connection.",
+            "",
+            *table(header, rows),
+        ]
+        return Section(self.key, self.title, lines, checks, data)
+
+    def measure(self, ctx: Context, target: Target) -> dict[str, float]:
+        wanted = ctx.args.idle_connections
+        server = ctx.start(target, nofile=wanted + 1024, tag="-idle")
+        ctx.round_trips(server, 8, 1.0, 0.2)
+        time.sleep(0.5)
+        before = rss_kib(server.proc.pid)
+        client = ctx.procs.start(
+            f"idle client {target.key}",
+            self.client_command(ctx, server, wanted),
+            env=ctx.env,
+            log_path=ctx.log_dir / f"idle-client-{target.key}.log",
+            pipes=True,
+        )
+        ready = read_json_line(client, ctx.args.connect_budget + 30)
+        if ready.get("event") != "ready":
+            raise BenchError(f"idle client: unexpected {ready}")
+        time.sleep(1.0)
+        after = rss_kib(server.proc.pid)
+        assert client.popen.stdin is not None
+        client.popen.stdin.write(b"close\n")
+        client.popen.stdin.flush()
+        final = read_json_line(client, 60)
+        time.sleep(1.0)
+        after_close = rss_kib(server.proc.pid)
+        ctx.procs.stop(client)
+        ctx.procs.stop(server.proc)
+        opened = int(ready["connections"])
+        log(
+            f"idle {target.key}: {opened:,} connections in {ready['seconds']:.1f}s, "
+            f"RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB"
+        )
+        if final.get("alive_at_end", opened) < opened:
+            raise BenchError(f"idle {target.key}: connections dropped while idle: {final}")
+        return {
+            "connections": opened,
+            "failed": float(ready["failed"]),
+            "open_seconds": float(ready["seconds"]),
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+            "rss_after_close_kib": after_close,
+            "kib_per_connection": (after - before) / opened if opened else float("nan"),
+        }
+
+    @staticmethod
+    def client_command(ctx: Context, server: Server, connections: int) -> list[str]:
+        return ctx.load_command(
+            server,
+            "idle",
+            *("--connections", str(connections), "--hold", "300"),
+            *("--connect-budget", str(ctx.args.connect_budget)),
+        )
+
+
+def read_json_line(proc: Proc, seconds: float) -> dict[str, Any]:
+    """The next JSON line on ``proc``'s stdout, waiting at most ``seconds``."""
+    stream = proc.popen.stdout
+    assert stream is not None
+    deadline = time.monotonic() + seconds
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not selector.select(remaining):
+                continue
+            line = stream.readline()
+            if not line:
+                raise BenchError(f"{proc.name} exited:\n{proc.tail()}")
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    raise BenchError(f"{proc.name}: nothing in {seconds}s:\n{proc.tail()}")
+
+
+# -- bulk writes -----------------------------------------------------------------------------
+
+
+class BulkWrites(Scenario):
+    """`python seed.py add --file F` with N reports (JSON lines) into a fresh migrated SQLite."""
+
+    key = "bulk"
+    title = "Bulk writes: seed.py add --file"
+
+    def run(self, ctx: Context) -> Section:
+        count = ctx.args.bulk_reports
+        directory = ctx.work_dir / "bulk"
+        directory.mkdir(parents=True, exist_ok=True)
+        source = directory / "reports.jsonl"
+        with source.open("w", encoding="utf-8") as out:
+            for n in range(1, count + 1):
+                item = {"name": f"bulk{n}", "title": f"Bulk {n}", "content": f"Content of {n}"}
+                out.write(json.dumps(item) + "\n")
+        template = directory / "template.db"
+        migrated(ctx.env, sqlite_url(template), tutorial=False, token=False)
+        # NOTE: the fixed cost of any seed.py command: interpreter, imports, schema check.
+        startup = []
+        for _ in range(ctx.args.repeats):
+            started = time.perf_counter()
+            seed_py(ctx.env, sqlite_url(template), "list", "--limit", "1")
+            startup.append(time.perf_counter() - started)
+        times = []
+        for repeat in range(1, ctx.args.repeats + 1):
+            database = directory / f"bulk-{repeat}.db"
+            shutil.copyfile(template, database)
+            env = {**ctx.env, "REPORTS_DATABASE_URL": sqlite_url(database)}
+            command = pinned(
+                python(str(ROOT / "seed.py"), "add", "--file", str(source)), ctx.server_cpu
+            )
+            started = time.perf_counter()
+            result = run_checked(command, env=env, timeout=600, what="seed.py add --file")
+            elapsed = time.perf_counter() - started
+            if f"added {count} reports" not in result.stdout:
+                raise BenchError(f"seed.py add said {result.stdout.strip()!r}")
+            times.append(elapsed)
+            log(f"[{repeat}/{ctx.args.repeats}] bulk: {count:,} reports in {elapsed:.2f}s")
+            for path in directory.glob(f"bulk-{repeat}.db*"):
+                path.unlink()
+        seconds = median(times)
+        rows = [
+            [
+                f"{count:,} reports, JSON lines",
+                num(seconds, 2),
+                num(count / seconds),
+                num(median(startup), 2),
+            ]
+        ]
+        lines = [
+            f"Wall time of the whole command (pinned to CPU {ctx.server_cpu or '-'}), median of "
+            f"{ctx.args.repeats}, each into a fresh copy of a migrated, empty SQLite file. "
+            "'fixed cost' is `seed.py list --limit 1` on that file: interpreter start, imports "
+            "and the schema check that every command pays.",
+            "",
+            *table(["input", "seconds", "reports/s", "fixed cost s"], rows),
+        ]
+        check = Check(
+            f"seed.py add --file, {count:,} reports", seconds, "<=", MAX_BULK_SECONDS, " s"
+        )
+        data = {"count": count, "seconds": times, "startup_seconds": startup}
+        return Section(self.key, self.title, lines, [check], data)
+
+
+# -- change feed (stub) ----------------------------------------------------------------------
+
+
+class ChangeFeed(Scenario):
+    """STUB: commit-to-push latency of live subscriptions. Not measured yet.
+
+    Live subscriptions were still being added to the service when this benchmark was written,
+    so this scenario is a marked placeholder. What it should measure once they are stable: a
+    client subscribes to reports on the service (the load generator gets a ``subscribe``
+    mode); another process commits changes (`seed.py add NAME --title ... --replace`, or the
+    repository in-process for a tighter clock); the figure is the time from a commit
+    returning to its push arriving at the subscriber, p50/p99 over many changes, on SQLite
+    and PostgreSQL, with 1 and with many subscribers. Add it to the targets in this module.
+    """
+
+    key = "changefeed"
+    title = "Change feed: commit-to-push latency (STUB, NOT MEASURED)"
+
+    def run(self, ctx: Context) -> Section:
+        lines = [
+            "**SKIPPED: stub.** Commit-to-push latency needs live subscriptions, which were "
+            "still being added to the service when this benchmark was written; nothing is "
+            "measured here yet. `benchmarks/scenarios.py:ChangeFeed` says what to measure.",
+        ]
+        return Section(self.key, self.title, lines, [], {"skipped": "stub: not measured yet"})
+
+
+# -- profile (optional) ------------------------------------------------------------------------
+
+
+class Profile(Scenario):
+    """py-spy samples of the service (SQLite, tutorial reports) under the 64-connection load."""
+
+    key = "profile"
+    title = "Profile: where the service spends a message"
+
+    def run(self, ctx: Context) -> Section:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(spy).exists():
+            return Section(self.key, self.title, ["py-spy is not installed: skipped."])
+        seconds = ctx.args.profile_seconds
+        server = ctx.start(ctx.targets[SQLITE], tag="-profile")
+        load = ctx.procs.start(
+            "profile load",
+            ctx.load_command(
+                server,
+                "rtt",
+                *("--connections", "64", "--duration", str(seconds + 2), "--warmup", "0.5"),
+            ),
+            env=ctx.env,
+            log_path=ctx.log_dir / "profile-load.log",
+        )
+        time.sleep(1.0)
+        raw = ctx.args.results_dir / "profile-sqlite.txt"
+        run_checked(
+            pinned(
+                [
+                    *(spy, "record", "--pid", str(server.proc.pid), "--duration", str(seconds)),
+                    *(
+                        "--rate",
+                        "250",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(raw),
+                        "--gil",
+                        "--threads",
+                    ),
+                ],
+                ctx.client_cpu,
+            ),
+            env=ctx.env,
+            timeout=seconds + 60,
+            what="py-spy record",
+        )
+        load.popen.wait(timeout=seconds + 60)
+        ctx.procs.stop(load)
+        ctx.procs.stop(server.proc)
+        summary = summarise_profile(raw.read_text(encoding="utf-8"))
+        lines = [
+            f"`py-spy record --gil --threads`, {seconds} s at 250 Hz, of the service (SQLite, "
+            f"tutorial reports) under the 64-connection load: {summary['samples']:,} samples "
+            "of whichever thread held the GIL, i.e. of the Python work that the one core "
+            f"spends. Raw collapsed stacks: `{raw}` (for flamegraph.pl or speedscope).",
+            "",
+            "By thread (share of the samples):",
+            "",
+            *table(["thread", "share"], summary["threads"]),
+            "",
+            "Self time by package (the frame actually running). SQLAlchemy runs part of its "
+            "work in greenlets, whose stacks do not reach back to the request, so read the "
+            "database's cost from the sqlalchemy and aiosqlite rows here:",
+            "",
+            *table(["package", "self"], summary["packages"]),
+            "",
+            "Inclusive time, top functions (on the stack; the launcher's frames left out):",
+            "",
+            *table(["function", "inclusive", "self"], summary["functions"]),
+        ]
+        return Section(self.key, self.title, lines, [], {"raw": str(raw)})
+
+
+def _package(filename: str) -> str:
+    """py-spy's short path ('sqlalchemy/engine/base.py', 'threading.py') -> its package."""
+    parts = [part for part in filename.replace("\\", "/").split("/") if part]
+    if "site-packages" in parts:
+        parts = parts[parts.index("site-packages") + 1 :]
+    if not parts:
+        return "?"
+    return parts[0].removesuffix(".py")
+
+
+def _split_frame(frame: str) -> tuple[str, str]:
+    """'function (path/file.py:12)' -> ('function (file.py)', 'path/file.py')."""
+    name, _, where = frame.rpartition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    if not name:
+        return frame, ""
+    return f"{name} ({Path(path).name})", path
+
+
+# NOTE: frames every sample of a launched server has under it: they say nothing.
+_LAUNCHER_FRAMES = {
+    "_run_module_as_main (<frozen runpy>)",
+    "_run_code (<frozen runpy>)",
+    "<module> (launch.py)",
+    "main (launch.py)",
+    "run (main.py)",
+    "Server.run (server.py)",
+    "asyncio_run (_compat.py)",
+}
+NATIVE = "(no Python frame: C code holding the GIL - uvloop, sockets, drivers)"
+
+
+def summarise_profile(raw: str, top: int = 25) -> dict[str, Any]:
+    """Shares by thread, package (self) and function (inclusive) from collapsed stacks."""
+    threads: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    self_time: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        first = frames[0]
+        if first.startswith(("thread (", "process ")):
+            # NOTE: 'thread (123): Thread-7 (_connection_worker_thread)' -> the thread's kind.
+            kind = re.sub(r"Thread-\d+ ", "", first.split("): ", 1)[-1])
+            threads[kind] += count
+            frames = frames[1:]
+        else:
+            threads["all"] += count
+        split = [_split_frame(f) for f in frames if f.strip()]
+        if not split:
+            packages[NATIVE] += count
+            continue
+        for name in {name for name, _path in split} - _LAUNCHER_FRAMES:
+            inclusive[name] += count
+        leaf, leaf_path = split[-1]
+        self_time[leaf] += count
+        packages[_package(leaf_path) if leaf_path else leaf] += count
+
+    def share(n: int) -> str:
+        return f"{100 * n / total:.1f}%" if total else "-"
+
+    return {
+        "samples": total,
+        "threads": [[name, share(n)] for name, n in threads.most_common(8)],
+        "packages": [[name, share(n)] for name, n in packages.most_common(15)],
+        "functions": [
+            [f"`{name}`", share(n), share(self_time[name])]
+            for name, n in inclusive.most_common(top)
+        ],
+    }
+
+
+SCENARIOS: list[type[Scenario]] = [BulkWrites, RoundTrips, IdleCapacity, ChangeFeed, Profile]
+"""In the order they run; --only / --skip pick among their keys (Profile runs with --profile)."""
+
+
+# -- machine noise ---------------------------------------------------------------------------
+
+
+def probe_cores(ctx: Context, seconds: float = 2.0) -> dict[str, dict[str, Any]]:
+    """Run benchmarks.machine on the server's and the client's core at once; per core."""
+    cpus = {"server": ctx.server_cpu, "client": ctx.client_cpu}
+    procs = {
+        role: ctx.procs.start(
+            f"probe {role}",
+            pinned(python("-m", "benchmarks.machine", "--seconds", str(seconds)), cpu),
+            env=ctx.env,
+            log_path=ctx.log_dir / f"probe-{role}.log",
+            pipes=True,
+        )
+        for role, cpu in cpus.items()
+    }
+    results = {}
+    for role, proc in procs.items():
+        results[role] = read_json_line(proc, seconds + 30)
+        ctx.procs.stop(proc)
+    return results
+
+
+def noise_section(probes: Sequence[tuple[str, dict[str, dict[str, Any]]]]) -> Section:
+    """The probes' results: how much of each core went to something other than the benchmark."""
+    rows = [
+        [
+            when,
+            role,
+            f"{result['lost']:.1%}",
+            str(result["gaps"]),
+            num(result["longest_ms"], 1),
+        ]
+        for when, results in probes
+        for role, result in results.items()
+    ]
+    worst = max((r["lost"] for _, results in probes for r in results.values()), default=0.0)
+    lines = [
+        "A busy loop on each core for 2 s notes every stall longer than 0.5 ms: time that the "
+        "core gave to other processes or the hypervisor. More than a few percent means other "
+        "work shared the machine and the figures below are noisy.",
+        "",
+        *table(["when", "core", "time lost", "stalls", "longest ms"], rows),
+    ]
+    if worst > 0.05:
+        lines += ["", f"**Warning: up to {worst:.0%} of a core was lost: a noisy machine.**"]
+    return Section("machine", "Machine noise", lines, [], {"probes": dict(probes)})

@@ -1,0 +1,192 @@
+"""Limits that hold against hostile clients: connection caps, message rates, auth failures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from falcon.asgi import WebSocket
+
+from . import transport
+from .config import Settings
+from .errors import ServiceError
+from .metrics import CLOSES, CONNECTIONS
+from .repository import ReportRepository
+
+logger = logging.getLogger("reports_service.limits")
+
+POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
+
+
+class Refused(Exception):
+    """A connection refused by a limit: close it with ``code`` and ``reason``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class _Open:
+    route: str
+    token: str | None
+
+
+class ConnectionRegistry:
+    """The open WebSocket connections of this process, capped in all and per token."""
+
+    def __init__(self, *, max_total: int, max_per_token: int) -> None:
+        self.max_total = max_total
+        self.max_per_token = max_per_token
+        self._open: dict[WebSocket, _Open] = {}
+        self._per_token: Counter[str] = Counter()
+
+    @property
+    def total(self) -> int:
+        return len(self._open)
+
+    def full(self) -> bool:
+        return len(self._open) >= self.max_total
+
+    @contextlib.contextmanager
+    def opened(self, ws: WebSocket, route: str, token: str | None = None) -> Iterator[None]:
+        """Counts ``ws`` while the route serves it; raises Refused over a limit."""
+        if self.full():
+            raise Refused(TRY_AGAIN_LATER, "server full: too many connections")
+        if token is not None and self._per_token[token] >= self.max_per_token:
+            raise Refused(POLICY_VIOLATION, "too many connections for this token")
+        self._open[ws] = _Open(route, token)
+        if token is not None:
+            self._per_token[token] += 1
+        gauge = CONNECTIONS.labels(route)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+            del self._open[ws]
+            if token is not None:
+                self._per_token[token] -= 1
+                if not self._per_token[token]:
+                    del self._per_token[token]
+
+    def tokens(self) -> list[str]:
+        return list(self._per_token)
+
+    def with_token(self, token: str) -> list[WebSocket]:
+        return [ws for ws, entry in self._open.items() if entry.token == token]
+
+
+class RateLimiter:
+    """A token bucket per connection: ``rate`` messages a second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate = rate
+        self._burst = max(burst, 1.0)
+        self._allowance = self._burst
+        self._last = time.monotonic()
+        self.refused_in_a_row = 0
+
+    def check(self) -> float:
+        """0 when the message may go ahead, else seconds until one may."""
+        if self._rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        self._allowance = min(self._burst, self._allowance + (now - self._last) * self._rate)
+        self._last = now
+        if self._allowance >= 1:
+            self._allowance -= 1
+            self.refused_in_a_row = 0
+            return 0.0
+        self.refused_in_a_row += 1
+        return (1 - self._allowance) / self._rate
+
+
+class FailureThrottle:
+    """Refuses a client address for ``window`` seconds after ``limit`` failed logins in it."""
+
+    MAX_ADDRESSES = 100_000
+
+    def __init__(self, *, limit: int, window: float) -> None:
+        self._limit = limit
+        self._window = window
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def blocked_for(self, address: str) -> float:
+        """Seconds this address stays refused; 0 when it may try."""
+        failures = self._recent(address)
+        if self._limit <= 0 or len(failures) < self._limit:
+            return 0.0
+        return max(0.0, failures[-1] + self._window - time.monotonic())
+
+    def failed(self, address: str) -> None:
+        self._recent(address).append(time.monotonic())
+        self._failures.move_to_end(address)
+        while len(self._failures) > self.MAX_ADDRESSES:
+            self._failures.popitem(last=False)
+
+    def _recent(self, address: str) -> deque[float]:
+        failures = self._failures.setdefault(address, deque(maxlen=max(self._limit, 1)))
+        horizon = time.monotonic() - self._window
+        while failures and failures[0] < horizon:
+            failures.popleft()
+        return failures
+
+
+class TokenGuard:
+    """Closes connections whose token was revoked, within ``interval`` seconds."""
+
+    def __init__(
+        self,
+        repository: ReportRepository,
+        registry: ConnectionRegistry,
+        *,
+        interval: float,
+        send_timeout: float,
+    ) -> None:
+        self._repository = repository
+        self._registry = registry
+        self._interval = interval
+        self._send_timeout = send_timeout
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is None and self._interval > 0:
+            self._task = asyncio.create_task(self._run(), name="token-guard")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            names = self._registry.tokens()
+            if not names:
+                continue
+            try:
+                revoked = await self._repository.revoked_tokens(names)
+            except ServiceError as error:
+                logger.warning("cannot check for revoked tokens: %s", error)
+                continue
+            for name in revoked:
+                for ws in self._registry.with_token(name):
+                    logger.info("closing a connection of revoked token %r", name)
+                    CLOSES.labels(str(POLICY_VIOLATION)).inc()
+                    await transport.close(ws, POLICY_VIOLATION, "token revoked", self._send_timeout)
+
+
+def registry_for(settings: Settings) -> ConnectionRegistry:
+    return ConnectionRegistry(
+        max_total=settings.max_connections, max_per_token=settings.max_connections_per_token
+    )
