@@ -26,7 +26,10 @@ def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "ws_ping_interval": settings.ws_ping_interval,
         "ws_ping_timeout": settings.ws_ping_timeout,
         "lifespan": "on",
-        "log_level": settings.log_level.lower(),
+        # NOTE: uvicorn's debug output shows every frame, tokens included: it stops at info.
+        "log_level": "info"
+        if settings.log_level.lower() == "debug"
+        else settings.log_level.lower(),
         "timeout_graceful_shutdown": settings.shutdown_grace,
         "server_header": False,
     }

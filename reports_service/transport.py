@@ -48,9 +48,9 @@ def abort(ws: WebSocket) -> None:
     #   `send` is a method of its protocol object, which holds the asyncio transport: aborting
     #   that frees the buffers at once. Other servers: the connection is left to their timeouts.
     protocol = getattr(getattr(ws, "_asgi_send", None), "__self__", None)
-    transport = getattr(protocol, "transport", None)
-    if isinstance(transport, asyncio.Transport):
+    drop = getattr(getattr(protocol, "transport", None), "abort", None)
+    if callable(drop):  # NOTE: uvloop's transports are not asyncio.Transport subclasses
         logger.info("dropping a connection that stopped reading")
         CLOSES.labels("1006").inc()
         with contextlib.suppress(Exception):
-            transport.abort()
+            drop()
