@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
     """A new app on its own engine; nothing is shared between two apps."""
     settings = settings or Settings.from_env()
     repository = repository_for(settings)
-    feed = ChangeFeed(repository, interval=settings.feed_interval)
+    feed = ChangeFeed(repository, interval=settings.feed_interval, cache_size=settings.cache_size)
     service = ReportService(repository, feed)
     registry = registry_for(settings)
     guard = TokenGuard(
@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
     throttle = FailureThrottle(limit=settings.auth_failures, window=settings.auth_failure_window)
 
     middleware: list[Any] = [
-        LifecycleMiddleware(repository, feed, guard, settings.masked_database_url()),
+        LifecycleMiddleware(repository, feed, registry, guard, settings.masked_database_url()),
         LoggingMiddleware(),
         OriginMiddleware(settings.allowed_origins),
         AuthMiddleware(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from .config import Settings, SettingsError
 from .db import DatabaseURLError, sqlite_path
@@ -239,6 +240,9 @@ def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+_decode = msgspec.json.Decoder().decode
+
+
 def read_reports_file(path: Path) -> list[NewReport]:
     """Reports from a JSON list of objects, or JSON lines with one object a line."""
     try:
@@ -246,22 +250,20 @@ def read_reports_file(path: Path) -> list[NewReport]:
     except (OSError, UnicodeDecodeError) as error:
         raise CommandError(f"cannot read {path}: {error}") from None
     try:
-        data = json.loads(text)
+        data = _decode(text)
         entries: list[tuple[str, Any]] = (
             [(f"item {i + 1}", e) for i, e in enumerate(data)]
             if isinstance(data, list)
             else [("the file", data)]
         )
-    except json.JSONDecodeError:
+    except msgspec.DecodeError:
         entries = []
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
-                    entries.append((f"line {number}", json.loads(line)))
-                except json.JSONDecodeError as error:
-                    raise CommandError(
-                        f"{path} line {number}: invalid JSON ({error.msg})"
-                    ) from None
+                    entries.append((f"line {number}", _decode(line)))
+                except msgspec.DecodeError as error:
+                    raise CommandError(f"{path} line {number}: invalid JSON ({error})") from None
     return [_report_from(path, where, entry) for where, entry in entries]
 
 

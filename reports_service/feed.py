@@ -1,22 +1,31 @@
-"""The change feed: notices changes committed by any process and fans them out in this one."""
+"""The change feed: notices changes committed by any process and fans them out in this one.
+
+It also keeps the per-process report cache correct: every change carries the report as it is
+after the change, and a query first asks the (microsecond) commit watcher whether anything was
+committed since, catching up before it trusts the cache.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Protocol
 
 from .errors import ServiceError
-from .metrics import FEED_LAG, FEED_VERSION, QUEUE_DEPTH, SUBSCRIBERS
-from .records import Change, utcnow
+from .metrics import FEED_LAG, FEED_VERSION, QUERY_SECONDS, QUEUE_DEPTH, SUBSCRIBERS
+from .records import Change, Report, utcnow
 from .repository import ReportRepository
+from .watch import CommitWatcher
 
 logger = logging.getLogger("reports_service.feed")
 
 BATCH = 500
 RETRY_INTERVAL = 0.5
 STOP_TIMEOUT = 5.0
+MISSING = object()
+MAX_CACHED_CONTENT = 16_384  # characters; larger reports are always read from the database
 
 
 class Subscriber(Protocol):
@@ -31,16 +40,24 @@ class Subscriber(Protocol):
 class ChangeFeed:
     """Reads the changelog past the last version seen whenever something was committed.
 
-    ``version`` is the latest change this process has fanned out. Every change after it will be
+    ``version`` is the latest change this process has applied. Every change after it will be
     delivered, once, in version order, to every subscriber registered at that time.
     """
 
-    def __init__(self, repository: ReportRepository, *, interval: float) -> None:
+    def __init__(
+        self, repository: ReportRepository, *, interval: float, cache_size: int = 0
+    ) -> None:
         self._repository = repository
         self._interval = interval
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._watcher: CommitWatcher = repository.commit_watcher()
+        self._lock = asyncio.Lock()
+        self._dirty = True
+        self._checked = False
+        self._cache: dict[str, Report | None] = {}
+        self._cache_size = cache_size
         self.version: int | None = None
 
     @property
@@ -55,10 +72,52 @@ class ChangeFeed:
         self._subscribers.discard(subscriber)
         SUBSCRIBERS.set(len(self._subscribers))
 
+    # -- reading through the cache ---------------------------------------------------------
+
+    async def report(self, name: str) -> Report | None:
+        """The report ``name`` as committed when this call started: cached, or read."""
+        if self._watcher.connected and self.version is not None:
+            if self._dirty or self._changed():
+                await self.catch_up()
+            cached = self._cache.get(name, MISSING)
+            if cached is not MISSING:
+                return cached  # type: ignore[return-value]
+        seen = self.version
+        started = time.perf_counter()
+        report = await self._repository.get_report(name=name)
+        QUERY_SECONDS.observe(time.perf_counter() - started)
+        # NOTE: kept only if no change was applied during the read; else it may be stale.
+        if self._cacheable(report) and seen is not None and seen == self.version:
+            if len(self._cache) >= self._cache_size:
+                del self._cache[next(iter(self._cache))]
+            self._cache[name] = report
+        return report
+
+    def _changed(self) -> bool:
+        # NOTE: one check per event-loop iteration serves every query handled in it: their
+        #   messages had all arrived before the iteration's first check, and the flag is reset
+        #   (call_soon) before the next iteration handles any newly arrived message.
+        if self._checked:
+            return False
+        self._checked = True
+        asyncio.get_running_loop().call_soon(self._uncheck)
+        return self._watcher.changed()
+
+    def _uncheck(self) -> None:
+        self._checked = False
+
+    def _cacheable(self, report: Report | None) -> bool:
+        return bool(self._cache_size) and (
+            report is None or len(report.content) <= MAX_CACHED_CONTENT
+        )
+
+    # -- the loop --------------------------------------------------------------------------
+
     async def start(self) -> None:
         if self._task is None:
-            with contextlib.suppress(ServiceError):
-                self.version = (await self._repository.changelog_bounds())[1]
+            with contextlib.suppress(ServiceError):  # NOTE: the loop retries
+                await self._watcher.connect()
+                await self.catch_up()
             self._task = asyncio.create_task(self._run(), name="change-feed")
 
     async def stop(self) -> None:
@@ -73,46 +132,64 @@ class ChangeFeed:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
             self._task = None
+        await self._watcher.close()
 
     async def _run(self) -> None:
-        watcher = self._repository.commit_watcher()
         failing = False
-        try:
-            while not self._stopping.is_set():
-                try:
-                    if await watcher.changed():
-                        await self._catch_up()
-                    if failing:
-                        logger.info("change feed recovered at version %s", self.version)
-                    failing = False
-                except ServiceError as error:
-                    if not failing:
-                        logger.warning("change feed paused: %s", error)
-                    failing = True
-                with contextlib.suppress(TimeoutError):
-                    pause = RETRY_INTERVAL if failing else self._interval
-                    await asyncio.wait_for(self._stopping.wait(), pause)
-        finally:
-            await watcher.close()
+        while not self._stopping.is_set():
+            try:
+                if not self._watcher.connected:
+                    await self._watcher.connect()
+                    self._dirty = True
+                if self._dirty or self._watcher.changed():
+                    await self.catch_up()
+                if failing:
+                    logger.info("change feed recovered at version %s", self.version)
+                failing = False
+            except ServiceError as error:
+                if not failing:
+                    logger.warning("change feed paused: %s", error)
+                failing = True
+            with contextlib.suppress(TimeoutError):
+                pause = RETRY_INTERVAL if failing else self._interval
+                await asyncio.wait_for(self._stopping.wait(), pause)
 
-    async def _catch_up(self) -> None:
-        if self.version is None:
-            self.version = (await self._repository.changelog_bounds())[1]
-            return
-        while True:
-            batch = await self._repository.changes_since(self.version, limit=BATCH)
-            for change in batch:
-                self.version = change.version
-                for subscriber in list(self._subscribers):
-                    subscriber.deliver(change)
-                # NOTE: let the connections' senders drain between changes, so that a burst
-                #   (one transaction adding many reports) does not overflow a subscriber that
-                #   keeps up.
-                await asyncio.sleep(0)
-            if batch:
-                FEED_VERSION.set(batch[-1].version)
-                FEED_LAG.set((utcnow() - batch[-1].changed_at).total_seconds())
-                depths = [s.queue_depth for s in self._subscribers]
-                QUEUE_DEPTH.set(max(depths, default=0))
-            if len(batch) < BATCH:
-                return
+    async def catch_up(self) -> None:
+        """Apply every change committed so far, once, in order."""
+        async with self._lock:
+            self._dirty = True
+            if self.version is None:
+                self.version = (await self._repository.changelog_bounds())[1]
+                self._cache.clear()
+            while True:
+                batch = await self._repository.changes_since(self.version, limit=BATCH)
+                for change in batch:
+                    self._apply(change)
+                    if self._subscribers:
+                        # NOTE: let the connections' senders drain between changes, so that
+                        #   a burst (one transaction adding many reports) does not overflow a
+                        #   subscriber that keeps up.
+                        await asyncio.sleep(0)
+                if batch:
+                    self._measure(batch[-1])
+                if len(batch) < BATCH:
+                    break
+            self._dirty = False
+
+    def _apply(self, change: Change) -> None:
+        self.version = change.version
+        name = change.report.name
+        if name in self._cache:
+            if change.op == "removed":
+                self._cache[name] = None
+            elif self._cacheable(change.report):
+                self._cache[name] = change.report
+            else:
+                del self._cache[name]
+        for subscriber in list(self._subscribers):
+            subscriber.deliver(change)
+
+    def _measure(self, last: Change) -> None:
+        FEED_VERSION.set(last.version)
+        FEED_LAG.set((utcnow() - last.changed_at).total_seconds())
+        QUEUE_DEPTH.set(max((s.queue_depth for s in self._subscribers), default=0))

@@ -7,12 +7,13 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from falcon.asgi import WebSocket
+from falcon.constants import WebSocketPayloadType
 
-from . import transport
+from . import metrics, transport
 from .config import Settings
 from .errors import ServiceError
 from .metrics import CLOSES, CONNECTIONS
@@ -20,6 +21,7 @@ from .repository import ReportRepository
 
 logger = logging.getLogger("reports_service.limits")
 
+GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
 
@@ -33,20 +35,53 @@ class Refused(Exception):
         self.reason = reason
 
 
-@dataclass
-class _Open:
+def _never() -> bool:
+    return False
+
+
+@dataclass(slots=True)
+class Tracked:
+    """One open connection, as the registry's watchdog sees it."""
+
+    ws: WebSocket
     route: str
     token: str | None
+    last_seen: float
+    sending_since: float = 0.0  # 0: no send under way
+    keep_alive: Callable[[], bool] = _never  # True: not idle, even without messages
+
+    async def send(self, message: object, kind: WebSocketPayloadType) -> None:
+        # NOTE: no timer per message: the watchdog drops a connection whose send has waited
+        #   longer than the send timeout (its peer stopped reading).
+        self.sending_since = time.monotonic()
+        try:
+            await self.ws.send_media(message, kind)
+        finally:
+            self.sending_since = 0.0
 
 
 class ConnectionRegistry:
-    """The open WebSocket connections of this process, capped in all and per token."""
+    """The open WebSocket connections of this process, capped in all and per token.
 
-    def __init__(self, *, max_total: int, max_per_token: int) -> None:
+    A watchdog closes connections idle for ``idle_timeout`` (1001) and drops those whose
+    peer stopped reading for ``send_timeout``.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_total: int,
+        max_per_token: int,
+        idle_timeout: float = 0.0,
+        send_timeout: float = 10.0,
+    ) -> None:
         self.max_total = max_total
         self.max_per_token = max_per_token
-        self._open: dict[WebSocket, _Open] = {}
+        self._idle_timeout = idle_timeout
+        self._send_timeout = send_timeout
+        self._open: dict[WebSocket, Tracked] = {}
         self._per_token: Counter[str] = Counter()
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def total(self) -> int:
@@ -56,19 +91,19 @@ class ConnectionRegistry:
         return len(self._open) >= self.max_total
 
     @contextlib.contextmanager
-    def opened(self, ws: WebSocket, route: str, token: str | None = None) -> Iterator[None]:
+    def opened(self, ws: WebSocket, route: str, token: str | None = None) -> Iterator[Tracked]:
         """Counts ``ws`` while the route serves it; raises Refused over a limit."""
         if self.full():
             raise Refused(TRY_AGAIN_LATER, "server full: too many connections")
         if token is not None and self._per_token[token] >= self.max_per_token:
             raise Refused(POLICY_VIOLATION, "too many connections for this token")
-        self._open[ws] = _Open(route, token)
+        tracked = self._open[ws] = Tracked(ws, route, token, time.monotonic())
         if token is not None:
             self._per_token[token] += 1
         gauge = CONNECTIONS.labels(route)
         gauge.inc()
         try:
-            yield
+            yield tracked
         finally:
             gauge.dec()
             del self._open[ws]
@@ -76,6 +111,43 @@ class ConnectionRegistry:
                 self._per_token[token] -= 1
                 if not self._per_token[token]:
                     del self._per_token[token]
+
+    async def start(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name="connection-watchdog")
+
+    async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
+
+    async def _watch(self) -> None:
+        limits = [t for t in (self._idle_timeout, self._send_timeout) if t > 0]
+        tick = min(1.0, max(0.05, min(limits, default=1.0) / 4))
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for tracked in list(self._open.values()):
+                self._check(tracked, now)
+            metrics.flush()  # NOTE: housekeeping of the same kind: every worker, every tick
+
+    def _check(self, tracked: Tracked, now: float) -> None:
+        if tracked.sending_since and now - tracked.sending_since > self._send_timeout > 0:
+            tracked.sending_since = 0.0
+            transport.abort(tracked.ws)
+        elif (
+            self._idle_timeout > 0
+            and now - tracked.last_seen > self._idle_timeout
+            and not tracked.keep_alive()
+        ):
+            tracked.last_seen = now
+            logger.info("closing an idle connection on %s", tracked.route)
+            CLOSES.labels(str(GOING_AWAY)).inc()
+            asyncio.get_running_loop().create_task(
+                transport.close(tracked.ws, GOING_AWAY, "idle timeout", self._send_timeout)
+            )
 
     def tokens(self) -> list[str]:
         return list(self._per_token)
@@ -188,5 +260,8 @@ class TokenGuard:
 
 def registry_for(settings: Settings) -> ConnectionRegistry:
     return ConnectionRegistry(
-        max_total=settings.max_connections, max_per_token=settings.max_connections_per_token
+        max_total=settings.max_connections,
+        max_per_token=settings.max_connections_per_token,
+        idle_timeout=settings.idle_timeout,
+        send_timeout=settings.send_timeout,
     )

@@ -6,15 +6,29 @@ import functools
 import hmac
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import datetime
 from typing import Any, ParamSpec, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, delete, exc, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Table,
+    bindparam,
+    case,
+    delete,
+    exc,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config import Settings
 from .db import WRITE_OPTIONS, make_engine
 from .errors import DatabaseUnavailable, DuplicateReports, DuplicateToken, SchemaNotReady
-from .models import ApiToken, Report, ReportChange
+from .models import ApiToken, Report, ReportChange, UTCDateTime
 from .records import Change, NewReport, TokenInfo, hash_token, utcnow
 from .records import Report as ReportRecord
 from .watch import CHANNEL, CommitWatcher, PostgresWatcher, SQLiteWatcher
@@ -50,8 +64,8 @@ _UPDATE_REPORT = (
 )
 _LATEST_VERSION = select(func.coalesce(func.max(changelog.c.version), 0))
 _WRITE_LOCK_KEY = 0x7265706F72747300  # "reports\0": the advisory lock all writers take
-# NOTE: SQLite allows 32766 bound parameters per statement; stay well below it.
-_CHUNK = 500
+# NOTE: SQLite allows 32766 bound parameters per statement, PostgreSQL 32767; stay below.
+_CHUNK = 10_000
 
 
 def _translate_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -148,34 +162,60 @@ class ReportRepository:
             raise ValueError(f"report name given more than once: {', '.join(repeated[:5])}")
         if not items:
             return 0
-        async with self._writer.begin() as conn:
-            version = await self._lock_changelog(conn)
-            existing = await self._created_at(conn, names)
-            if existing and not replace:
-                raise DuplicateReports(sorted(existing))
-            now = utcnow()
-            added: list[dict[str, Any]] = []
-            updated: list[dict[str, Any]] = []
-            logged: list[dict[str, Any]] = []
-            for item in items:
-                version += 1
-                row = {
-                    "name": item.name,
-                    "title": item.title,
-                    "content": item.content,
-                    "created_at": existing.get(item.name, now),
-                    "updated_at": now,
-                    "version": version,
-                }
-                (updated if item.name in existing else added).append(row)
-                op = "updated" if item.name in existing else "added"
-                logged.append({**row, "op": op, "changed_at": now})
-            if added:
-                await conn.execute(insert(reports), added)
-            if updated:
-                await conn.execute(_UPDATE_REPORT, [_prefixed(row) for row in updated])
-            await self._append_changes(conn, logged)
+        try:
+            async with self._writer.begin() as conn:
+                latest = await self._lock_changelog(conn)
+                # NOTE: without replace, a name that exists fails the insert (unique index),
+                #   which rolls everything back; no need to look for them first.
+                existing = await self._created_at(conn, names) if replace else {}
+                now = utcnow()
+                added: list[dict[str, Any]] = []
+                updated: list[dict[str, Any]] = []
+                for version, item in enumerate(items, start=latest + 1):
+                    row = {
+                        "name": item.name,
+                        "title": item.title,
+                        "content": item.content,
+                        "version": version,
+                    }
+                    (updated if item.name in existing else added).append(row)
+                if added:
+                    stamp = literal(now, UTCDateTime())
+                    stamped = insert(reports).values(created_at=stamp, updated_at=stamp)
+                    await conn.execute(stamped, added)
+                if updated:
+                    rows = [{**_prefixed(row), "b_updated_at": now} for row in updated]
+                    await conn.execute(_UPDATE_REPORT, rows)
+                await self._log_written(conn, latest + 1, latest + len(items), now)
+        except exc.IntegrityError as error:
+            async with self.engine.connect() as conn:
+                taken = sorted(await self._created_at(conn, names))
+            if not taken:
+                raise
+            raise DuplicateReports(taken) from error
         return len(items)
+
+    async def _log_written(
+        self, conn: AsyncConnection, first: int, last: int, now: datetime
+    ) -> None:
+        """Log the reports just written at versions first..last, copied by the database.
+
+        Versions the retention would prune at once are not logged at all.
+        """
+        columns = ("version", "op", "name", "title", "content", "created_at", "updated_at")
+        op = case((reports.c.created_at == reports.c.updated_at, "added"), else_="updated")
+        rows = select(
+            reports.c.version,
+            op,
+            reports.c.name,
+            reports.c.title,
+            reports.c.content,
+            reports.c.created_at,
+            reports.c.updated_at,
+            literal(now, UTCDateTime()),
+        ).where(reports.c.version >= max(first, last - self.retention + 1))
+        await conn.execute(insert(changelog).from_select([*columns, "changed_at"], rows))
+        await self._after_changes(conn, last)
 
     @_translate_errors
     async def remove_report(self, *, name: str) -> int | None:
@@ -201,7 +241,9 @@ class ReportRepository:
 
     async def _append_changes(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         await conn.execute(insert(changelog), rows)
-        latest = rows[-1]["version"]
+        await self._after_changes(conn, rows[-1]["version"])
+
+    async def _after_changes(self, conn: AsyncConnection, latest: int) -> None:
         await conn.execute(delete(changelog).where(changelog.c.version <= latest - self.retention))
         if conn.dialect.name == "postgresql":
             # NOTE: delivered on commit, to every server's listener (watch.PostgresWatcher).
@@ -257,7 +299,7 @@ class ReportRepository:
         """When the change feed should read: data_version on SQLite, LISTEN on PostgreSQL."""
         if self.engine.dialect.name == "postgresql":
             return PostgresWatcher(self.engine.url)
-        return SQLiteWatcher(self.engine)
+        return SQLiteWatcher(self.engine.url.database or "")
 
     # -- tokens ----------------------------------------------------------------------------
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 from .feed import ChangeFeed
+from .metrics import QUERY_SECONDS
 from .protocol import (
     Get,
     GetReply,
@@ -33,10 +36,10 @@ class ReportService:
         self.feed = feed
 
     async def plain(self, name: str) -> dict[str, str]:
-        return report_reply(await self.repository.get_report(name=name))
+        return report_reply(await self.feed.report(name))
 
     async def get(self, request: Get) -> GetReply:
-        report = await self.repository.get_report(name=request.name)
+        report = await self.feed.report(request.name)
         if report is None:
             raise RequestError("not_found", f"no report named {request.name!r}")
         return GetReply(request.id, report_out(report))
@@ -44,9 +47,11 @@ class ReportService:
     async def page(self, request: ListReports | Search) -> PageReply:
         before = _cursor(request.cursor)
         text = request.q if isinstance(request, Search) else None
+        started = time.perf_counter()
         found = await self.repository.recent_reports(
             limit=request.limit + 1, before=before, text=text
         )
+        QUERY_SECONDS.observe(time.perf_counter() - started)
         more = len(found) > request.limit
         found = found[: request.limit]
         cursor = str(found[-1].version) if more else None

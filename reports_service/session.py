@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 from falcon import WebSocketDisconnected
-from falcon.asgi import WebSocket
 
 from . import transport
 from .errors import ServiceError
 from .feed import ChangeFeed
-from .metrics import CLOSES, MESSAGES, REPLIES, REQUEST_SECONDS
+from .limits import Tracked
+from .metrics import CLOSES, MESSAGE_TALLY, REPLY_TALLY
 from .protocol import (
     BINARY,
     REPORT_NOT_FOUND,
@@ -54,14 +53,15 @@ class ReportsSession:
 
     def __init__(
         self,
-        ws: WebSocket,
+        tracked: Tracked,
         service: ReportService,
         *,
         queue_size: int,
         send_timeout: float,
         can_write: bool = False,
     ) -> None:
-        self._ws = ws
+        self._tracked = tracked
+        self._ws = tracked.ws
         self._can_write = can_write
         self._send_timeout = send_timeout
         self._service = service
@@ -80,11 +80,9 @@ class ReportsSession:
 
     async def handle(self, payload: Payload) -> Any:
         """The direct reply to one message, or None when the reply goes through the outbox."""
-        started = time.perf_counter()
         reply, kind, outcome = await self._answer(payload)
-        MESSAGES.labels(kind).inc()
-        REPLIES.labels(outcome).inc()
-        REQUEST_SECONDS.observe(time.perf_counter() - started)
+        MESSAGE_TALLY.counts[kind] += 1
+        REPLY_TALLY.counts[outcome] += 1
         return reply
 
     async def _answer(self, payload: Payload) -> tuple[Any, str, str]:
@@ -276,8 +274,8 @@ class ReportsSession:
             message, binary = await self._outbox.get()
             kind = BINARY if binary else TEXT
             try:
-                await transport.send(self._ws, message, kind, self._send_timeout)
-            except (WebSocketDisconnected, transport.SendTimeout):
+                await self._tracked.send(message, kind)
+            except WebSocketDisconnected:
                 self._stop_subscription()
                 return
 

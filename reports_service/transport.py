@@ -1,33 +1,17 @@
-"""Sending with a deadline, and dropping a connection whose peer stopped reading."""
+"""Closing with a deadline, and dropping a connection whose peer stopped reading."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from falcon import WebSocketDisconnected
 from falcon.asgi import WebSocket
-from falcon.constants import WebSocketPayloadType
 
 from .metrics import CLOSES
 
 logger = logging.getLogger("reports_service.transport")
-
-
-class SendTimeout(Exception):
-    """A send did not finish in time: the peer stopped reading, the connection was dropped."""
-
-
-async def send(ws: WebSocket, message: Any, kind: WebSocketPayloadType, within: float) -> None:
-    """Send one message, or drop the connection if it cannot be sent within ``within`` seconds."""
-    try:
-        async with asyncio.timeout(within):
-            await ws.send_media(message, kind)
-    except TimeoutError:
-        abort(ws)
-        raise SendTimeout from None
 
 
 async def close(ws: WebSocket, code: int, reason: str, within: float) -> None:

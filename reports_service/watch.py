@@ -1,6 +1,7 @@
 """Cheap checks for commits made by other processes, so the change feed reads only when needed.
 
-These issue no queries on tables: SQLite's ``PRAGMA data_version`` and PostgreSQL's LISTEN.
+These read no table: SQLite's ``PRAGMA data_version`` and PostgreSQL's LISTEN. ``changed()`` is
+synchronous and costs microseconds, so a query can ask it before trusting a cached report.
 """
 
 from __future__ import annotations
@@ -8,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .errors import DatabaseUnavailable
 
@@ -21,8 +23,14 @@ logger = logging.getLogger("reports_service.watch")
 
 
 class CommitWatcher(Protocol):
-    async def changed(self) -> bool:
-        """True when something may have been committed since the last call."""
+    @property
+    def connected(self) -> bool: ...
+
+    async def connect(self) -> None:
+        """Open what the watcher listens on; DatabaseUnavailable when it cannot."""
+
+    def changed(self) -> bool:
+        """True when something may have been committed since the last call (or ever)."""
 
     async def close(self) -> None: ...
 
@@ -35,35 +43,49 @@ def _unavailable(error: BaseException) -> DatabaseUnavailable:
 class SQLiteWatcher:
     """``PRAGMA data_version`` on a connection of its own changes when another one commits."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._conn: AsyncConnection | None = None
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
         self._last: object = None
 
-    async def changed(self) -> bool:
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    async def connect(self) -> None:
         try:
-            if self._conn is None:
-                self._conn = await self._engine.connect()
-            raw = await self._conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            cursor = await driver.execute("PRAGMA data_version")
-            (value,) = await cursor.fetchone()
-        except Exception as error:  # NOTE: the raw driver raises sqlite3's own errors
-            await self.close()
+            # NOTE: the standard library's driver, in the event loop's thread: the pragma reads
+            #   a counter in shared memory, far cheaper than a hop to aiosqlite's thread.
+            #   mode=rw: never create a database that is not there.
+            uri = f"file:{quote(self._path)}?mode=rw"
+            self._conn = sqlite3.connect(
+                uri, uri=True, timeout=1.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as error:
+            raise _unavailable(error) from error
+        self._last = None
+
+    def changed(self) -> bool:
+        if self._conn is None:
+            return True
+        try:
+            (value,) = self._conn.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error as error:
+            self._conn.close()
+            self._conn = None
             raise _unavailable(error) from error
         changed, self._last = value != self._last, value
         return bool(changed)
 
     async def close(self) -> None:
         if self._conn is not None:
-            conn, self._conn = self._conn, None
-            with contextlib.suppress(Exception):
-                await conn.close()
+            self._conn.close()
+            self._conn = None
 
 
 class PostgresWatcher:
-    """LISTENs on a dedicated connection; reconnects when it drops and reports a change then,
-    so the feed catches up from the changelog and a lost notification loses nothing."""
+    """LISTENs on a dedicated connection. When it drops, ``changed()`` says so (the feed then
+    reconnects and catches up from the changelog), so a lost notification loses nothing."""
 
     # NOTE: a full read now and then even without a notification: a cheap guard against a
     #   notification lost in a way the connection did not notice.
@@ -75,17 +97,11 @@ class PostgresWatcher:
         self._notified = False
         self._last_read = 0.0
 
-    async def changed(self) -> bool:
-        if self._conn is None or self._conn.is_closed():
-            await self._connect()
-            return True
-        now = time.monotonic()
-        if self._notified or now - self._last_read > self.SAFETY_INTERVAL:
-            self._notified, self._last_read = False, now
-            return True
-        return False
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
 
-    async def _connect(self) -> None:
+    async def connect(self) -> None:
         import asyncpg
 
         await self.close()
@@ -103,8 +119,15 @@ class PostgresWatcher:
         except (TimeoutError, OSError, asyncpg.PostgresError) as error:
             raise _unavailable(error) from error
         conn.add_termination_listener(self._on_terminate)
-        self._conn, self._notified, self._last_read = conn, False, time.monotonic()
+        self._conn, self._notified, self._last_read = conn, True, time.monotonic()
         logger.info("listening for changes on %s", CHANNEL)
+
+    def changed(self) -> bool:
+        now = time.monotonic()
+        if self._notified or not self.connected or now - self._last_read > self.SAFETY_INTERVAL:
+            self._notified, self._last_read = False, now
+            return True
+        return False
 
     def _on_notify(self, *_args: object) -> None:
         self._notified = True

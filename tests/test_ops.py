@@ -72,7 +72,7 @@ async def test_metrics(conductor: ASGIConductor) -> None:
     assert 'reports_replies_total{outcome="not_found"}' in text
     assert 'reports_closes_total{code="1008"}' in text
     for name in (
-        "reports_request_seconds_bucket",
+        "reports_query_seconds_bucket",
         "reports_feed_lag_seconds",
         "reports_subscriber_queue_depth",
         "reports_subscribers",

@@ -5,7 +5,7 @@ from typing import Any
 
 from ..errors import ServiceError
 from ..feed import ChangeFeed
-from ..limits import TokenGuard
+from ..limits import ConnectionRegistry, TokenGuard
 from ..metrics import process_exited
 from ..migrate import head_revision
 from ..repository import ReportRepository
@@ -17,16 +17,23 @@ class LifecycleMiddleware:
     """Checks the database at start-up and disposes of its connections at shutdown."""
 
     def __init__(
-        self, repository: ReportRepository, feed: ChangeFeed, guard: TokenGuard, database: str
+        self,
+        repository: ReportRepository,
+        feed: ChangeFeed,
+        registry: ConnectionRegistry,
+        guard: TokenGuard,
+        database: str,
     ) -> None:
         self._repository = repository
         self._feed = feed
+        self._registry = registry
         self._guard = guard
         self._database = database
 
     async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
         await self._check_schema()
         await self._feed.start()
+        await self._registry.start()
         await self._guard.start()
 
     async def _check_schema(self) -> None:
@@ -47,6 +54,7 @@ class LifecycleMiddleware:
 
     async def process_shutdown(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
         await self._guard.stop()
+        await self._registry.stop()
         await self._feed.stop()
         await self._repository.dispose()
         process_exited()

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from falcon.asgi import Request, WebSocket
 
-from .. import transport
 from ..config import Settings
 from ..limits import ConnectionRegistry
 from ..protocol import ProtocolError, echo_reply, payload_type
@@ -27,9 +26,4 @@ class EchoResource:
                         reply = echo_reply(payload)
                     except ProtocolError as error:
                         reply = {"error": str(error)}
-                try:
-                    await transport.send(
-                        ws, reply, payload_type(payload), self._settings.send_timeout
-                    )
-                except transport.SendTimeout:
-                    return
+                await conn.send(reply, payload_type(payload))

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from falcon.asgi import Request, WebSocket
 
-from .. import transport
 from ..config import Settings
 from ..limits import ConnectionRegistry
 from ..protocol import payload_type, rate_limited
@@ -26,24 +25,21 @@ class ReportsResource:
         if ws.unaccepted:
             await ws.accept()
         token: TokenInfo | None = getattr(req.context, "token", None)
-        session = ReportsSession(
-            ws,
-            self._service,
-            queue_size=self._settings.subscriber_queue,
-            send_timeout=self._settings.send_timeout,
-            can_write=bool(token and token.can_write),
-        )
         name = token.name if token else None
-        try:
-            async with serving(ws, "/reports", self._registry, self._settings, name) as conn:
-                conn.keep_alive = session.subscribed
+        async with serving(ws, "/reports", self._registry, self._settings, name) as conn:
+            session = ReportsSession(
+                conn.tracked,
+                self._service,
+                queue_size=self._settings.subscriber_queue,
+                send_timeout=self._settings.send_timeout,
+                can_write=bool(token and token.can_write),
+            )
+            conn.tracked.keep_alive = session.subscribed
+            try:
                 while (payload := await conn.receive()) is not None:
                     wait = conn.throttle()
                     reply = rate_limited(payload, wait) if wait else await session.handle(payload)
                     if reply is not None:
-                        kind = payload_type(payload)
-                        await transport.send(ws, reply, kind, self._settings.send_timeout)
-        except transport.SendTimeout:
-            return
-        finally:
-            await session.close()
+                        await conn.send(reply, payload_type(payload))
+            finally:
+                await session.close()
