@@ -67,7 +67,9 @@ class ReportsSession:
         self._service = service
         self._feed: ChangeFeed = service.feed
         self._queue_size = queue_size
-        self._outbox: asyncio.Queue[tuple[Any, bool]] = asyncio.Queue(queue_size)
+        # NOTE: made on the first push: most connections never subscribe, and an idle
+        #   connection's memory is the budget that matters (see benchmarks/).
+        self._outbox: asyncio.Queue[tuple[Any, bool]] | None = None
         self._sender: asyncio.Task[None] | None = None
         self._names: set[str] | None = None  # None: every report
         self._subscribed = False
@@ -224,7 +226,7 @@ class ReportsSession:
 
     @property
     def queue_depth(self) -> int:
-        return self._outbox.qsize()
+        return self._outbox.qsize() if self._outbox is not None else 0
 
     def deliver(self, change: Change) -> None:
         if not self._subscribed or (
@@ -244,9 +246,9 @@ class ReportsSession:
     def _push(self, message: Any) -> None:
         if self.closed_slow:
             return
-        self._ensure_sender()
+        outbox = self._ensure_sender()
         try:
-            self._outbox.put_nowait((message, self._binary))
+            outbox.put_nowait((message, self._binary))
         except asyncio.QueueFull:
             self._overflow()
 
@@ -255,7 +257,7 @@ class ReportsSession:
         #   never block on one connection. It reconnects and resumes with `since`.
         self.closed_slow = True
         self._stop_subscription()
-        logger.info("closing slow subscriber (%d messages queued)", self._outbox.qsize())
+        logger.info("closing slow subscriber (%d messages queued)", self.queue_depth)
         if self._sender is not None:
             self._sender.cancel()
         asyncio.get_running_loop().create_task(self._close_slow())
@@ -265,13 +267,16 @@ class ReportsSession:
         reason = "too slow: reconnect and resume with since"
         await transport.close(self._ws, SLOW_CONSUMER, reason, self._send_timeout)
 
-    def _ensure_sender(self) -> None:
+    def _ensure_sender(self) -> asyncio.Queue[tuple[Any, bool]]:
+        if self._outbox is None:
+            self._outbox = asyncio.Queue(self._queue_size)
         if self._sender is None or self._sender.done():
-            self._sender = asyncio.get_running_loop().create_task(self._send_loop())
+            self._sender = asyncio.get_running_loop().create_task(self._send_loop(self._outbox))
+        return self._outbox
 
-    async def _send_loop(self) -> None:
+    async def _send_loop(self, outbox: asyncio.Queue[tuple[Any, bool]]) -> None:
         while True:
-            message, binary = await self._outbox.get()
+            message, binary = await outbox.get()
             kind = BINARY if binary else TEXT
             try:
                 await self._tracked.send(message, kind)

@@ -199,19 +199,30 @@ async def writer(request: pytest.FixtureRequest, conductor: ASGIConductor) -> As
         yield Wire(ws, binary=request.param == "msgpack")
 
 
+async def reply_and_event(wire: Wire, request: dict[str, Any]) -> tuple[Any, Any]:
+    """The reply to a write and the event it pushes to this subscriber, in either order."""
+    await wire.send(request)
+    first, second = await wire.recv(), await wire.recv()
+    return (first, second) if "id" in first else (second, first)
+
+
 async def test_put_and_remove(writer: Wire, repository: ReportRepository) -> None:
     await writer.call({"id": 0, "type": "subscribe", "names": ["w"]})
-    put = await writer.call({"id": 1, "type": "put", "name": "w", "title": "W", "content": "c"})
+    put, event = await reply_and_event(
+        writer, {"id": 1, "type": "put", "name": "w", "title": "W", "content": "c"}
+    )
     assert (put["id"], put["result"]["name"], put["result"]["version"]) == (1, "w", 5)
-    assert (await writer.recv())["type"] == "report.added"
+    assert event["type"] == "report.added"
     stored = await repository.get_report(name="w")
     assert stored is not None and stored.title == "W"
-    again = await writer.call({"id": 2, "type": "put", "name": "w", "title": "W2"})
+    again, event = await reply_and_event(
+        writer, {"id": 2, "type": "put", "name": "w", "title": "W2"}
+    )
     assert again["result"]["title"] == "W2" and again["result"]["content"] == ""
-    assert (await writer.recv())["type"] == "report.updated"
-    removed = await writer.call({"id": 3, "type": "remove", "name": "w"})
+    assert event["type"] == "report.updated"
+    removed, event = await reply_and_event(writer, {"id": 3, "type": "remove", "name": "w"})
     assert removed == {"id": 3, "result": {"name": "w", "version": 7}}
-    assert (await writer.recv())["type"] == "report.removed"
+    assert event["type"] == "report.removed"
     assert await repository.get_report(name="w") is None
     missing = await writer.call({"id": 4, "type": "remove", "name": "w"})
     assert missing["error"]["code"] == "not_found"
