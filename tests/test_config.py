@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from reports_service.config import Settings, SettingsError
@@ -37,3 +39,15 @@ def test_every_setting_is_documented() -> None:
 def test_password_is_masked() -> None:
     settings = Settings(database_url="postgresql+asyncpg://u:secret@h/db")
     assert "secret" not in settings.masked_database_url()
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for env, default, _doc in Settings.describe():
+        assert f"| `{env}` | `{default}` |" in readme, f"README lacks {env}"
+
+
+@pytest.mark.parametrize(("name", "value"), [("log_level", "LOUD"), ("log_format", "xml")])
+def test_bad_log_settings(name: str, value: str) -> None:
+    with pytest.raises(SettingsError):
+        Settings(**{name: value})
