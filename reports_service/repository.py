@@ -118,6 +118,8 @@ class ReportRepository:
 
     @_translate_errors
     async def get_report(self, *, name: str) -> ReportRecord | None:
+        if "\x00" in name:  # NOTE: never stored (see NewReport); PostgreSQL rejects it in text
+            return None
         async with self.engine.connect() as conn:
             row = (await conn.execute(_GET_REPORT, {"name": name})).first()
         return None if row is None else _to_report(row)
@@ -134,6 +136,8 @@ class ReportRepository:
         self, *, limit: int, before: int | None = None, text: str | None = None
     ) -> list[ReportRecord]:
         """Newest change first, from version ``before`` down; ``text`` filters title/content."""
+        if text and "\x00" in text:
+            return []
         stmt = select(*_REPORT_COLUMNS).order_by(reports.c.version.desc()).limit(limit)
         if before is not None:
             stmt = stmt.where(reports.c.version < before)
