@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,16 @@ class CommandError(Exception):
     """An error a user caused: printed as one line, exit status 1."""
 
 
+def _quiet_late_driver_threads(args: threading.ExceptHookArgs) -> None:
+    # NOTE: when a SQLite file cannot be opened, aiosqlite's worker thread may report back after
+    #   asyncio.run() has closed the loop; the error was already printed as one line.
+    if args.thread is not None and "_connection_worker_thread" in args.thread.name:
+        return
+    threading.__excepthook__(args)
+
+
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    threading.excepthook = _quiet_late_driver_threads
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:

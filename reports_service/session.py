@@ -10,7 +10,7 @@ from typing import Any
 from falcon import WebSocketDisconnected
 
 from . import transport
-from .errors import ServiceError
+from .errors import DatabaseUnavailable, ServiceError
 from .feed import ChangeFeed
 from .limits import Tracked
 from .metrics import CLOSES, MESSAGE_TALLY, REPLY_TALLY
@@ -150,6 +150,10 @@ class ReportsSession:
             self._names = None if names is None or self._names is None else self._names | names
             self._reply_subscription(request.id)
             return
+        if self._feed.version is None:
+            # NOTE: the feed has not read the changelog yet (database down at start-up): a
+            #   subscription now could not say which changes it will get.
+            raise DatabaseUnavailable("the change feed is not ready")
         self._binary, self._names, self._subscribed = binary, names, True
         self._delivered = self._feed.version or 0
         self._held = [] if request.since is not None else None

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import signal
+import struct
 import time
 import urllib.request
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Origin
 
 from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
@@ -44,11 +46,12 @@ async def eventually(check: Callable[[], bool], within: float) -> None:
 
 async def test_origin_of_other_sites_is_refused(server: Server) -> None:
     with pytest.raises(InvalidStatus) as refused:
-        async with websockets.connect(server.url + "/echo", origin="https://evil.example"):
+        evil = Origin("https://evil.example")
+        async with websockets.connect(server.url + "/echo", origin=evil):
             pass
     assert refused.value.response.status_code == 403
-    own = f"http://127.0.0.1:{server.port}"
-    async with websockets.connect(server.url + "/echo", origin=own) as ws:  # type: ignore[arg-type]
+    own = Origin(f"http://127.0.0.1:{server.port}")
+    async with websockets.connect(server.url + "/echo", origin=own) as ws:
         await ws.send("page")
         assert "page" in str(await ws.recv())
     async with websockets.connect(server.url + "/echo") as ws:  # no Origin: not a browser
@@ -161,3 +164,15 @@ async def test_no_token_in_logs_even_at_debug(make_server: Callable[..., Server]
     log = server.log()
     assert "authenticated 127.0.0.1 as 'test'" in log
     assert TOKEN not in log and TOKEN[:10] not in log
+
+
+async def test_oversized_frame_is_refused_at_its_header(server: Server) -> None:
+    # Only the header and 1 KB of a 10 MB frame are sent: the server must not wait for (and
+    # buffer) the rest before closing with 1009.
+    def attack() -> None:
+        with open_ws(server.port) as ws:
+            header = struct.pack("!BBQ", 0x82, 0x80 | 127, 10_000_000) + b"\x01\x02\x03\x04"
+            ws.send_raw(header + b"\x00" * 1024)
+            ws.expect_failure(1009, reset_ok=True)
+
+    await asyncio.wait_for(asyncio.to_thread(attack), 10)

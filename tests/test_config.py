@@ -50,4 +50,4 @@ def test_readme_documents_every_setting() -> None:
 @pytest.mark.parametrize(("name", "value"), [("log_level", "LOUD"), ("log_format", "xml")])
 def test_bad_log_settings(name: str, value: str) -> None:
     with pytest.raises(SettingsError):
-        Settings(**{name: value})
+        Settings(**{name: value})  # type: ignore[arg-type]
