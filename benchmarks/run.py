@@ -142,7 +142,7 @@ def prepare_targets(
         wanted |= {*args.targets, BASELINE}
     if "idle" in scenarios:
         wanted |= set(args.idle_targets)
-    if "profile" in scenarios:
+    if "profile" in scenarios or "changefeed" in scenarios:
         wanted.add(SQLITE)
     targets: dict[str, Target] = {}
     if BARE in wanted:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from benchmarks import ROOT
+from benchmarks import ROOT, TOKEN
 from benchmarks.databases import migrated, seed_py, sqlite_url
 from benchmarks.procs import BenchError, Proc, Processes, log, pinned, python, rss_kib, run_checked
 from benchmarks.report import Check, Section, divide, median, num, percent, ratio, table
@@ -412,31 +412,97 @@ class BulkWrites(Scenario):
         return Section(self.key, self.title, lines, [check], data)
 
 
-# -- change feed (stub) ----------------------------------------------------------------------
+# -- change feed -----------------------------------------------------------------------------
+
+MAX_PUSH_P99_MS = 50.0
+MAX_FANOUT_P99_MS = 100.0
 
 
 class ChangeFeed(Scenario):
-    """STUB: commit-to-push latency of live subscriptions. Not measured yet.
+    """Commit-to-push latency: a writer process commits, subscribers get the push.
 
-    Live subscriptions were still being added to the service when this benchmark was written,
-    so this scenario is a marked placeholder. What it should measure once they are stable: a
-    client subscribes to reports on the service (the load generator gets a ``subscribe``
-    mode); another process commits changes (`seed.py add NAME --title ... --replace`, or the
-    repository in-process for a tighter clock); the figure is the time from a commit
-    returning to its push arriving at the subscriber, p50/p99 over many changes, on SQLite
-    and PostgreSQL, with 1 and with many subscribers. Add it to the targets in this module.
+    `benchmarks/feedlat.py` (pinned to the client core) holds the subscribers and commits each
+    change itself through the service's repository, so one clock times both ends: from the
+    commit returning to the push arriving at the first subscriber, and at the last.
     """
 
     key = "changefeed"
-    title = "Change feed: commit-to-push latency (STUB, NOT MEASURED)"
+    title = "Change feed: commit-to-push latency"
 
     def run(self, ctx: Context) -> Section:
+        target = ctx.targets[SQLITE]
+        server = ctx.start(target, nofile=65536, tag="feed")
+        rows, checks, data = [], [], {}
+        for subscribers, changes in ((1, 200), (1000, 30)):
+            command = pinned(
+                python(
+                    "-m",
+                    "benchmarks.feedlat",
+                    "--url",
+                    server.url,
+                    "--token",
+                    TOKEN,
+                    "--database-url",
+                    str(target.database_url),
+                    "--subscribers",
+                    str(subscribers),
+                    "--changes",
+                    str(changes),
+                ),
+                ctx.client_cpu,
+            )
+            what = f"change feed x{subscribers}"
+            result = run_checked(command, env=ctx.env, timeout=300, what=what)
+            figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+            first, every = figures["first_ms"], figures["all_ms"]
+            log(f"{what}: p50 {percentile(first, 50):.1f} ms, all p99 {percentile(every, 99):.1f}")
+            rows.append(
+                [
+                    f"{subscribers:,}",
+                    str(changes),
+                    num(percentile(first, 50), 1),
+                    num(percentile(first, 99), 1),
+                    num(percentile(every, 50), 1),
+                    num(percentile(every, 99), 1),
+                ]
+            )
+            data[str(subscribers)] = figures
+            if subscribers == 1:
+                checks.append(
+                    Check(
+                        "commit-to-push p99, 1 subscriber",
+                        percentile(first, 99),
+                        "<=",
+                        MAX_PUSH_P99_MS,
+                        " ms",
+                    )
+                )
+            else:
+                checks.append(
+                    Check(
+                        f"one change to all {subscribers:,} subscribers, p99",
+                        percentile(every, 99),
+                        "<=",
+                        MAX_FANOUT_P99_MS,
+                        " ms",
+                    )
+                )
         lines = [
-            "**SKIPPED: stub.** Commit-to-push latency needs live subscriptions, which were "
-            "still being added to the service when this benchmark was written; nothing is "
-            "measured here yet. `benchmarks/scenarios.py:ChangeFeed` says what to measure.",
+            "The service on SQLite; another process (pinned to the client core) holds the "
+            "subscribers and commits each change through the service's repository. Times in "
+            "ms from the commit returning to the push arriving: at the first subscriber, and "
+            "at the last one (all delivered).",
+            "",
+            *table(
+                ["subscribers", "changes", "first p50", "first p99", "all p50", "all p99"], rows
+            ),
         ]
-        return Section(self.key, self.title, lines, [], {"skipped": "stub: not measured yet"})
+        return Section(self.key, self.title, lines, checks, data)
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
 
 
 # -- profile (optional) ------------------------------------------------------------------------

@@ -42,7 +42,7 @@ class Settings:
         10_000, "changes kept for resuming subscribers; older ones get a `resync` event"
     )
     feed_interval: float = setting(
-        0.02, "seconds between checks for changes committed by other processes"
+        0.01, "seconds between checks for changes committed by other processes"
     )
     cache_size: int = setting(
         10_000,
