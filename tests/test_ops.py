@@ -10,11 +10,14 @@ import falcon.testing
 import pytest
 import websockets
 from falcon.testing import ASGIConductor
+from sqlalchemy import text
 from websockets.exceptions import ConnectionClosed
 
 from reports_service.app import create_app
 from reports_service.config import Settings
+from reports_service.errors import DatabaseUnavailable
 from reports_service.migrate import downgrade
+from reports_service.repository import ReportRepository, repository_for
 
 from .conftest import TOKEN
 from .server import Server
@@ -104,3 +107,21 @@ async def test_json_logs_tag_each_connection(make_server: Callable[..., Server])
     assert sum(any("authenticated" in m for m in ms) for ms in by_conn.values()) == 2
     assert sum(any("invalid token" in m for m in ms) for ms in by_conn.values()) == 1
     assert TOKEN not in server.log()
+
+
+async def test_pool_exhaustion_is_an_error_not_a_hang(
+    settings: Settings, repository: ReportRepository
+) -> None:
+    small = repository_for(
+        Settings(database_url=settings.database_url, pool_size=1, pool_timeout=0.2)
+    )
+    try:
+        async with small.engine.connect() as held:
+            await held.execute(text("SELECT 1"))
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(DatabaseUnavailable):
+                await small.get_report(name="report1")
+            assert asyncio.get_running_loop().time() - started < 2
+        assert await small.get_report(name="report1") is not None
+    finally:
+        await small.dispose()
