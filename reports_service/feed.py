@@ -60,10 +60,6 @@ class ChangeFeed:
         self._cache_size = cache_size
         self.version: int | None = None
 
-    @property
-    def subscribers(self) -> int:
-        return len(self._subscribers)
-
     def add(self, subscriber: Subscriber) -> None:
         self._subscribers.add(subscriber)
         SUBSCRIBERS.set(len(self._subscribers))
