@@ -89,6 +89,13 @@ class ChangeFeed:
             self._cache[name] = report
         return report
 
+    def written(self) -> None:
+        """This process just committed a change: read the changelog before trusting the cache.
+
+        (Its own PostgreSQL notification may arrive after the writer's reply.)
+        """
+        self._dirty = True
+
     def _changed(self) -> bool:
         # NOTE: one check per event-loop iteration serves every query handled in it: their
         #   messages had all arrived before the iteration's first check, and the flag is reset

@@ -312,7 +312,7 @@ def decode(payload: Payload) -> AnyRequest | str:
             return payload
         try:
             value: Any = _json_decode(payload)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # NOTE: nesting deeper than msgspec goes
             return payload
     else:
         value = unpack(payload)
@@ -328,7 +328,7 @@ def decode(payload: Payload) -> AnyRequest | str:
 def to_request(value: dict[Any, Any]) -> AnyRequest:
     kind = value["type"]
     if not isinstance(kind, str) or kind not in KNOWN_TYPES:
-        shown = repr(kind)[:50]
+        shown = repr(kind[:50]) if isinstance(kind, str) else f"of {type(kind).__name__}"
         raise RequestError(
             "unknown_type",
             f"unknown type {shown}: expected one of {', '.join(sorted(KNOWN_TYPES))}",
@@ -338,13 +338,15 @@ def to_request(value: dict[Any, Any]) -> AnyRequest:
         return request
     except msgspec.ValidationError as error:
         raise RequestError("invalid_request", str(error)) from None
+    except RecursionError:
+        raise RequestError("invalid_request", "nested too deeply") from None
 
 
 def request_id(payload: Payload) -> RequestId:
     """The ``id`` of an invalid request, if one can be read, so its error reply carries it."""
     try:
         value = _json_decode(payload) if isinstance(payload, str) else unpack(payload)
-    except (msgspec.DecodeError, ProtocolError):
+    except (msgspec.DecodeError, RecursionError, ProtocolError):
         return None
     found = value.get("id") if isinstance(value, dict) else None
     return found if isinstance(found, str | int) and not isinstance(found, bool) else None

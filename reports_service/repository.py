@@ -224,6 +224,8 @@ class ReportRepository:
     @_translate_errors
     async def remove_report(self, *, name: str) -> int | None:
         """The changelog version of the removal, or None when there was no such report."""
+        if "\x00" in name:  # NOTE: never stored (see NewReport); PostgreSQL rejects it in text
+            return None
         async with self._writer.begin() as conn:
             version = await self._lock_changelog(conn) + 1
             row = (await conn.execute(_GET_REPORT, {"name": name})).first()
@@ -294,7 +296,7 @@ class ReportRepository:
         if upto is not None:
             stmt = stmt.where(changelog.c.version <= upto)
         if names is not None:
-            stmt = stmt.where(changelog.c.name.in_(list(names)))
+            stmt = stmt.where(changelog.c.name.in_([n for n in names if "\x00" not in n]))
         async with self.engine.connect() as conn:
             rows = await conn.execute(stmt)
             return [Change(row.version, row.op, _to_report(row), row.changed_at) for row in rows]

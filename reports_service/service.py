@@ -66,6 +66,7 @@ class ReportService:
         except ValueError as error:
             raise RequestError("invalid_request", str(error)) from None
         await self.repository.add_reports([report], replace=True)
+        self.feed.written()
         stored = await self.repository.get_report(name=request.name)
         if stored is None:  # removed by another writer in between
             raise RequestError("not_found", f"no report named {request.name!r}")
@@ -73,6 +74,7 @@ class ReportService:
 
     async def remove(self, request: Remove) -> RemoveReply:
         version = await self.repository.remove_report(name=request.name)
+        self.feed.written()
         if version is None:
             raise RequestError("not_found", f"no report named {request.name!r}")
         return RemoveReply(request.id, Removed(request.name, version))
@@ -81,6 +83,6 @@ class ReportService:
 def _cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit() or len(cursor) > 19:
+    if not (cursor.isascii() and cursor.isdigit()) or int(cursor) >= 2**63:
         raise RequestError("bad_cursor", "cursor must be a `next` value from an earlier page")
     return int(cursor)

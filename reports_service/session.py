@@ -127,7 +127,7 @@ class ReportsSession:
             case Subscribe():
                 await self._subscribe(request, binary)
             case Unsubscribe():
-                self._unsubscribe(request)
+                self._unsubscribe(request, binary)
             case Put() | Remove():
                 if not self._can_write:
                     raise RequestError(
@@ -148,7 +148,7 @@ class ReportsSession:
                     "invalid_request", "already subscribed: unsubscribe before resuming with since"
                 )
             self._names = None if names is None or self._names is None else self._names | names
-            self._reply_subscription(request.id)
+            self._reply_subscription(request.id, binary)
             return
         if self._feed.version is None:
             # NOTE: the feed has not read the changelog yet (database down at start-up): a
@@ -160,7 +160,7 @@ class ReportsSession:
         self._feed.add(self)
         self._ensure_sender()
         if request.since is None:
-            self._reply_subscription(request.id)
+            self._reply_subscription(request.id, binary)
             return
         # NOTE: registered first, then read: a change committed meanwhile is both held and
         #   replayed, and the version check in deliver() drops the second copy.
@@ -172,7 +172,7 @@ class ReportsSession:
             self._stop_subscription()
             raise
         self._delivered = max(latest, self._delivered)
-        self._reply_subscription(request.id)
+        self._reply_subscription(request.id, binary)
         if resync:
             self._push(ResyncEvent("resync", latest))
         for change in replay:
@@ -198,11 +198,11 @@ class ReportsSession:
                 return found
             since = batch[-1].version
 
-    def _reply_subscription(self, rid: Any) -> None:
+    def _reply_subscription(self, rid: Any, binary: bool) -> None:
         names = None if self._names is None else sorted(self._names)
-        self._push(SubscriptionReply(rid, Subscription(names, self._delivered)))
+        self._push(SubscriptionReply(rid, Subscription(names, self._delivered)), binary)
 
-    def _unsubscribe(self, request: Unsubscribe) -> None:
+    def _unsubscribe(self, request: Unsubscribe, binary: bool) -> None:
         if request.names is None or not self._subscribed:
             self._stop_subscription()
         elif self._names is None:
@@ -213,13 +213,11 @@ class ReportsSession:
             self._names -= set(request.names)
             if not self._names:
                 self._stop_subscription()
-        self._reply_subscription_state(request.id)
-
-    def _reply_subscription_state(self, rid: Any) -> None:
         if self._subscribed:
-            self._reply_subscription(rid)
+            self._reply_subscription(request.id, binary)
         else:
-            self._push(SubscriptionReply(rid, Subscription([], self._feed.version or 0)))
+            reply = SubscriptionReply(request.id, Subscription([], self._feed.version or 0))
+            self._push(reply, binary)
 
     def _stop_subscription(self) -> None:
         self._feed.discard(self)
@@ -247,12 +245,13 @@ class ReportsSession:
 
     # -- the outbox ------------------------------------------------------------------------
 
-    def _push(self, message: Any) -> None:
+    def _push(self, message: Any, binary: bool | None = None) -> None:
+        """Queue a message: events in the subscription's format, replies in the request's."""
         if self.closed_slow:
             return
         outbox = self._ensure_sender()
         try:
-            outbox.put_nowait((message, self._binary))
+            outbox.put_nowait((message, self._binary if binary is None else binary))
         except asyncio.QueueFull:
             self._overflow()
 
@@ -273,7 +272,8 @@ class ReportsSession:
 
     def _ensure_sender(self) -> asyncio.Queue[tuple[Any, bool]]:
         if self._outbox is None:
-            self._outbox = asyncio.Queue(self._queue_size)
+            # NOTE: one more than the limit of events: the subscription reply that precedes them
+            self._outbox = asyncio.Queue(self._queue_size + 1)
         if self._sender is None or self._sender.done():
             self._sender = asyncio.get_running_loop().create_task(self._send_loop(self._outbox))
         return self._outbox
