@@ -46,6 +46,9 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
     app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=middleware)
     app.ws_options.media_handlers[TEXT] = RawText()
     app.ws_options.media_handlers[BINARY] = RawBinary()
+    # NOTE: no receive buffer of Falcon's own: it costs a task per connection, and every route
+    #   here is always waiting in receive, so it also learns of a disconnect at once.
+    app.ws_options.max_receive_queue = 0
 
     app.add_route("/", IndexResource())
     app.add_route("/hello", HelloResource())

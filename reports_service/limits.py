@@ -55,7 +55,12 @@ class Tracked:
         #   longer than the send timeout (its peer stopped reading).
         self.sending_since = time.monotonic()
         try:
-            await self.ws.send_media(message, kind)
+            if isinstance(message, str):  # already encoded (see protocol.event_frame)
+                await self.ws.send_text(message)
+            elif isinstance(message, bytes):
+                await self.ws.send_data(message)
+            else:
+                await self.ws.send_media(message, kind)
         finally:
             self.sending_since = 0.0
 

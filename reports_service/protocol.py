@@ -7,6 +7,7 @@ tutorial's plain query, a bare report name.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -286,6 +287,10 @@ class RawBinary(media.BinaryBaseHandlerWS):
         return payload
 
 
+_TEXT = RawText()
+_BINARY = RawBinary()
+
+
 def payload_type(payload: Payload) -> WebSocketPayloadType:
     return BINARY if isinstance(payload, bytes) else TEXT
 
@@ -369,6 +374,13 @@ def report_out(report: Report) -> ReportOut:
 def event(change: Change) -> ReportEvent:
     kind: Any = f"report.{change.op}"
     return ReportEvent(kind, report_out(change.report), change.version)
+
+
+@functools.lru_cache(maxsize=16)
+def event_frame(change: Change, binary: bool) -> str | bytes:
+    """The pushed event for ``change``, encoded once for all its subscribers."""
+    pushed = event(change)
+    return _BINARY.serialize(pushed) if binary else _TEXT.serialize(pushed)
 
 
 def error_reply(

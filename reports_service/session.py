@@ -36,7 +36,7 @@ from .protocol import (
     Unsubscribe,
     decode,
     error_reply,
-    event,
+    event_frame,
     request_id,
 )
 from .records import Change
@@ -176,7 +176,7 @@ class ReportsSession:
         if resync:
             self._push(ResyncEvent("resync", latest))
         for change in replay:
-            self._push(event(change))
+            self._push(event_frame(change, self._binary))
         held, self._held = self._held or [], None
         for change in held:
             self.deliver(change)
@@ -241,7 +241,7 @@ class ReportsSession:
                 self._overflow()
         elif change.version > self._delivered:
             self._delivered = change.version
-            self._push(event(change))
+            self._push(event_frame(change, self._binary))
 
     # -- the outbox ------------------------------------------------------------------------
 
