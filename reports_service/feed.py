@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from typing import Protocol
 
 from .errors import ServiceError
@@ -56,7 +57,9 @@ class ChangeFeed:
         self._lock = asyncio.Lock()
         self._dirty = True
         self._checked = False
-        self._cache: dict[str, Report | None] = {}
+        # NOTE: an OrderedDict evicts the oldest in O(1); a dict's first key slows down as
+        #   deletions pile up at its front.
+        self._cache: OrderedDict[str, Report | None] = OrderedDict()
         self._cache_size = cache_size
         self.version: int | None = None
 
@@ -85,7 +88,7 @@ class ChangeFeed:
         # NOTE: kept only if no change was applied during the read; else it may be stale.
         if self._cacheable(report) and seen is not None and seen == self.version:
             if len(self._cache) >= self._cache_size:
-                del self._cache[next(iter(self._cache))]
+                self._cache.popitem(last=False)
             self._cache[name] = report
         return report
 
