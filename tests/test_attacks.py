@@ -123,7 +123,7 @@ async def test_sigterm_with_a_stalled_client_still_exits(
     started = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     await asyncio.to_thread(server.process.wait, 10)
-    assert time.monotonic() - started < 6
+    assert time.monotonic() - started < 4.5  # the grace period (3 s) and a margin
     stalled.transport.abort()
 
 

@@ -117,20 +117,26 @@ async def test_killed_listener_loses_no_change(
         conn = await asyncpg.connect(
             host=url.host, port=url.port or 5432, user=url.username, database=url.database
         )
+        listeners = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'"
+        )
         try:
             killed = await conn.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                 "WHERE datname = $1 AND query LIKE 'LISTEN%'",
                 url.database,
             )
+            assert killed == 1
+            for n in range(3):
+                done = await asyncio.to_thread(run_cli, db_env, "add", f"k{n}", "--title", "K")
+                assert done.returncode == 0
+            events = [await next_event(ws, 5) for _ in range(3)]
+            assert [e["report"]["name"] for e in events] == ["k0", "k1", "k2"]
+            assert "change listener connection lost" in server.log()
+            async with asyncio.timeout(5):  # and it listens again
+                while await conn.fetchval(listeners, url.database) != 1:  # noqa: ASYNC110 - polling PostgreSQL
+                    await asyncio.sleep(0.05)
         finally:
             await conn.close()
-        assert killed == 1
-        for n in range(3):
-            done = await asyncio.to_thread(run_cli, db_env, "add", f"k{n}", "--title", "K")
-            assert done.returncode == 0
-        events = [await next_event(ws, 5) for _ in range(3)]
-        assert [e["report"]["name"] for e in events] == ["k0", "k1", "k2"]
-        assert "change listener connection lost" in server.log()
     finally:
         await ws.close()
