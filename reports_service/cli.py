@@ -14,7 +14,7 @@ import msgspec
 
 from .config import Settings, SettingsError
 from .db import DatabaseURLError, sqlite_path
-from .errors import SchemaNotReady, ServiceError
+from .errors import SchemaNotReady, ServiceError, first_line
 from .migrate import head_revision, upgrade
 from .records import NewReport, new_token
 from .repository import ReportRepository, repository_for
@@ -156,8 +156,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     try:
         upgrade(settings.database_url)
     except Exception as error:  # Alembic and the drivers raise many kinds
-        message = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CommandError(f"migration failed: {message}") from None
+        raise CommandError(f"migration failed: {first_line(error)}") from None
     _say(f"database {settings.masked_database_url()} is at migration {head_revision()}")
     return 0
 

@@ -7,8 +7,17 @@ class ServiceError(Exception):
     """Base of the errors this service reports to users."""
 
 
+def first_line(error: object) -> str:
+    """The first line of an error's text (drivers' messages run on), or its type's name."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class DatabaseUnavailable(ServiceError):
     """The database cannot be reached or is locked; retrying later can succeed."""
+
+    @classmethod
+    def from_error(cls, error: object) -> DatabaseUnavailable:
+        return cls(f"database unavailable: {first_line(error)}")
 
 
 class SchemaNotReady(ServiceError):

@@ -85,15 +85,11 @@ def _translate_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]
                 ) from error
             if isinstance(error, exc.IntegrityError):
                 raise
-            raise DatabaseUnavailable(f"database unavailable: {_first_line(error.orig)}") from error
+            raise DatabaseUnavailable.from_error(error.orig) from error
         except (OSError, TimeoutError, exc.TimeoutError) as error:
-            raise DatabaseUnavailable(f"database unavailable: {_first_line(error)}") from error
+            raise DatabaseUnavailable.from_error(error) from error
 
     return wrapper
-
-
-def _first_line(error: object) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _to_report(row: Any) -> ReportRecord:
@@ -418,7 +414,7 @@ class _SQLitePointReader:
             row = self._conn.execute(self.SQL, (name,)).fetchone()
         except sqlite3.Error as error:
             self.close()
-            raise DatabaseUnavailable(f"database unavailable: {_first_line(error)}") from error
+            raise DatabaseUnavailable.from_error(error) from error
         if row is None:
             return None
         title, content, created, updated, version = row[1:]

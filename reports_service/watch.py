@@ -35,11 +35,6 @@ class CommitWatcher(Protocol):
     async def close(self) -> None: ...
 
 
-def _unavailable(error: BaseException) -> DatabaseUnavailable:
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return DatabaseUnavailable(f"database unavailable: {first}")
-
-
 class SQLiteWatcher:
     """``PRAGMA data_version`` on a connection of its own changes when another one commits."""
 
@@ -62,7 +57,7 @@ class SQLiteWatcher:
                 uri, uri=True, timeout=1.0, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as error:
-            raise _unavailable(error) from error
+            raise DatabaseUnavailable.from_error(error) from error
         self._last = None
 
     def changed(self) -> bool:
@@ -73,7 +68,7 @@ class SQLiteWatcher:
         except sqlite3.Error as error:
             self._conn.close()
             self._conn = None
-            raise _unavailable(error) from error
+            raise DatabaseUnavailable.from_error(error) from error
         changed, self._last = value != self._last, value
         return bool(changed)
 
@@ -117,7 +112,7 @@ class PostgresWatcher:
             )
             await conn.add_listener(CHANNEL, self._on_notify)
         except (TimeoutError, OSError, asyncpg.PostgresError) as error:
-            raise _unavailable(error) from error
+            raise DatabaseUnavailable.from_error(error) from error
         conn.add_termination_listener(self._on_terminate)
         self._conn, self._notified, self._last_read = conn, True, time.monotonic()
         logger.info("listening for changes on %s", CHANNEL)
