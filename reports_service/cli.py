@@ -134,10 +134,10 @@ def run_async(command: Command) -> Callable[[argparse.Namespace, Settings], int]
 async def _with_repository(command: Command, args: argparse.Namespace, settings: Settings) -> int:
     repository = repository_for(settings)
     try:
-        revision = await repository.schema_revision()
-        if revision != head_revision():
+        revision, head = await repository.schema_revision(), head_revision()
+        if revision != head:
             raise SchemaNotReady(
-                f"the database is at migration {revision or 'none'}, not {head_revision()}: "
+                f"the database is at migration {revision or 'none'}, not {head}: "
                 "run `reports-service migrate`"
             )
         return await command(args, repository)

@@ -42,12 +42,13 @@ class LifecycleMiddleware:
         except ServiceError as error:
             logger.error("database %s: %s", self._database, error)
             return
-        if revision != head_revision():
+        head = head_revision()
+        if revision != head:
             logger.error(
                 "database %s is at migration %s, not %s: run `reports-service migrate`",
                 self._database,
                 revision,
-                head_revision(),
+                head,
             )
         else:
             logger.info("serving reports from %s", self._database)

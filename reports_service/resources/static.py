@@ -9,8 +9,11 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 
 class IndexResource:
-    """GET /: the browser page."""
+    """GET /: the browser page, read once when the app is built."""
+
+    def __init__(self) -> None:
+        self._page = (STATIC_DIR / "index.html").read_bytes()
 
     async def on_get(self, req: Request, resp: Response) -> None:
         resp.content_type = falcon.MEDIA_HTML
-        resp.data = (STATIC_DIR / "index.html").read_bytes()
+        resp.data = self._page
