@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip", type=str_list, default="", help="skip these scenarios")
     run.add_argument("--profile", action="store_true", help="also profile the service (py-spy)")
     run.add_argument("--profile-seconds", type=int, default=10)
+    run.add_argument(
+        "--profile-target", default=SQLITE, help="the server --profile samples (sqlite, ...)"
+    )
 
     sizes = parser.add_argument_group("sizes")
     sizes.add_argument("--big-reports", type=int, default=1_000_000, help="reports in the big DB")
@@ -88,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sizes.add_argument(
         "--connect-budget", type=float, default=180.0, help="seconds to open the idle connections"
+    )
+
+    run.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="REPORTS_NAME=VALUE",
+        help="a service setting for the servers (repeatable); the caller's REPORTS_* are not used",
     )
 
     where = parser.add_argument_group("where")
@@ -120,7 +132,7 @@ def chosen_scenarios(args: argparse.Namespace) -> list[str]:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for key in [*args.targets, *args.idle_targets]:
+    for key in [*args.targets, *args.idle_targets, args.profile_target]:
         if key not in ALL_TARGETS:
             raise BenchError(f"unknown target {key!r}: choose from {', '.join(ALL_TARGETS)}")
     if args.duration <= 0 or args.duration > 120 or args.repeats < 1 or args.repeats > 50:
@@ -142,7 +154,9 @@ def prepare_targets(
         wanted |= {*args.targets, BASELINE}
     if "idle" in scenarios:
         wanted |= set(args.idle_targets)
-    if "profile" in scenarios or "changefeed" in scenarios:
+    if "profile" in scenarios:
+        wanted.add(args.profile_target)
+    if "changefeed" in scenarios:
         wanted.add(SQLITE)
     targets: dict[str, Target] = {}
     if BARE in wanted:
@@ -169,6 +183,11 @@ def bench(args: argparse.Namespace) -> list[Section]:
     scenarios = chosen_scenarios(args)
     pin = not args.no_pin
     env = base_env()
+    for setting in args.settings:
+        name, _, value = setting.partition("=")
+        if not name.startswith("REPORTS_") or not _:
+            raise BenchError(f"--set wants REPORTS_NAME=VALUE, not {setting!r}")
+        env[name] = value
     sections: list[Section] = []
     args.results_dir.mkdir(parents=True, exist_ok=True)
     log_dir = args.results_dir / "logs"

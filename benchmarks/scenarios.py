@@ -509,7 +509,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 
 class Profile(Scenario):
-    """py-spy samples of the service (SQLite, tutorial reports) under the 64-connection load."""
+    """py-spy samples of one server (--profile-target) under the 64-connection load."""
 
     key = "profile"
     title = "Profile: where the service spends a message"
@@ -519,7 +519,8 @@ class Profile(Scenario):
         if not Path(spy).exists():
             return Section(self.key, self.title, ["py-spy is not installed: skipped."])
         seconds = ctx.args.profile_seconds
-        server = ctx.start(ctx.targets[SQLITE], tag="-profile")
+        target = ctx.targets[ctx.args.profile_target]
+        server = ctx.start(target, tag="-profile")
         load = ctx.procs.start(
             "profile load",
             ctx.load_command(
@@ -531,7 +532,7 @@ class Profile(Scenario):
             log_path=ctx.log_dir / "profile-load.log",
         )
         time.sleep(1.0)
-        raw = ctx.args.results_dir / "profile-sqlite.txt"
+        raw = ctx.args.results_dir / f"profile-{target.key}.txt"
         run_checked(
             pinned(
                 [
@@ -558,8 +559,8 @@ class Profile(Scenario):
         ctx.procs.stop(server.proc)
         summary = summarise_profile(raw.read_text(encoding="utf-8"))
         lines = [
-            f"`py-spy record --gil --threads`, {seconds} s at 250 Hz, of the service (SQLite, "
-            f"tutorial reports) under the 64-connection load: {summary['samples']:,} samples "
+            f"`py-spy record --gil --threads`, {seconds} s at 250 Hz, of {target.label} "
+            f"under the 64-connection load: {summary['samples']:,} samples "
             "of whichever thread held the GIL, i.e. of the Python work that the one core "
             f"spends. Raw collapsed stacks: `{raw}` (for flamegraph.pl or speedscope).",
             "",

@@ -27,7 +27,11 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
     """A new app on its own engine; nothing is shared between two apps."""
     settings = settings or Settings.from_env()
     repository = repository_for(settings)
-    feed = ChangeFeed(repository, interval=settings.feed_interval, cache_size=settings.cache_size)
+    feed = ChangeFeed(
+        repository,
+        interval=settings.feed_interval,
+        cache_bytes=int(settings.cache_mb * 2**20),
+    )
     service = ReportService(repository, feed)
     registry = registry_for(settings)
     guard = TokenGuard(

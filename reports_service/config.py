@@ -44,9 +44,10 @@ class Settings:
     feed_interval: float = setting(
         0.01, "seconds between checks for changes committed by other processes"
     )
-    cache_size: int = setting(
-        10_000,
-        "reports each process keeps in memory for queries (0: none); kept correct by the changelog",
+    cache_mb: float = setting(
+        64.0,
+        "MiB of reports each process keeps in memory for queries (0: none); "
+        "kept correct by the changelog",
     )
     subscriber_queue: int = setting(
         1000, "messages queued for one slow subscriber before it is closed (4001)"

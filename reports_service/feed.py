@@ -27,6 +27,8 @@ RETRY_INTERVAL = 0.5
 STOP_TIMEOUT = 5.0
 MISSING = object()
 MAX_CACHED_CONTENT = 16_384  # characters; larger reports are always read from the database
+ENTRY_OVERHEAD = 400
+"""Bytes a cached report takes besides its text: the objects, two datetimes, the dict slot."""
 
 
 class Subscriber(Protocol):
@@ -46,7 +48,7 @@ class ChangeFeed:
     """
 
     def __init__(
-        self, repository: ReportRepository, *, interval: float, cache_size: int = 0
+        self, repository: ReportRepository, *, interval: float, cache_bytes: int = 0
     ) -> None:
         self._repository = repository
         self._interval = interval
@@ -56,11 +58,13 @@ class ChangeFeed:
         self._watcher: CommitWatcher = repository.commit_watcher()
         self._lock = asyncio.Lock()
         self._dirty = True
+        self._catch_ups = 0
         self._checked = False
         # NOTE: an OrderedDict evicts the oldest in O(1); a dict's first key slows down as
         #   deletions pile up at its front.
         self._cache: OrderedDict[str, Report | None] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache_budget = cache_bytes
+        self._cache_bytes = 0  # NOTE: an estimate (ENTRY_OVERHEAD + characters), kept exact
         self.version: int | None = None
 
     def add(self, subscriber: Subscriber) -> None:
@@ -76,7 +80,7 @@ class ChangeFeed:
     async def report(self, name: str) -> Report | None:
         """The report ``name`` as committed when this call started: cached, or read."""
         if self._watcher.connected and self.version is not None:
-            if self._dirty or self._changed():
+            if self._dirty or self._lock.locked() or self._changed():
                 await self.catch_up()
             cached = self._cache.get(name, MISSING)
             if cached is not MISSING:
@@ -87,9 +91,7 @@ class ChangeFeed:
         QUERY_SECONDS.observe(time.perf_counter() - started)
         # NOTE: kept only if no change was applied during the read; else it may be stale.
         if self._cacheable(report) and seen is not None and seen == self.version:
-            if len(self._cache) >= self._cache_size:
-                self._cache.popitem(last=False)
-            self._cache[name] = report
+            self._store(report.name if report is not None else name, report)
         return report
 
     def written(self) -> None:
@@ -107,15 +109,43 @@ class ChangeFeed:
             return False
         self._checked = True
         asyncio.get_running_loop().call_soon(self._uncheck)
-        return self._watcher.changed()
+        return self._unread()
+
+    def _unread(self) -> bool:
+        """Whether something may have been committed that no read has started after.
+
+        The watcher forgets a commit once asked; ``_dirty`` remembers it until a read starts.
+        """
+        if not self._dirty and self._watcher.changed():
+            self._dirty = True
+        return self._dirty
 
     def _uncheck(self) -> None:
         self._checked = False
 
     def _cacheable(self, report: Report | None) -> bool:
-        return bool(self._cache_size) and (
+        return bool(self._cache_budget) and (
             report is None or len(report.content) <= MAX_CACHED_CONTENT
         )
+
+    def _store(self, name: str, report: Report | None) -> None:
+        """Cache ``report`` under ``name``, evicting the oldest entries beyond the budget."""
+        cache = self._cache
+        if name in cache:
+            self._cache_bytes -= _cost(name, cache[name])
+        cache[name] = report
+        self._cache_bytes += _cost(name, report)
+        while self._cache_bytes > self._cache_budget and cache:
+            old_name, old = cache.popitem(last=False)
+            self._cache_bytes -= _cost(old_name, old)
+
+    def _forget(self, name: str) -> None:
+        self._cache_bytes -= _cost(name, self._cache.pop(name))
+
+    @property
+    def cached_bytes(self) -> int:
+        """What the cache holds now, by the same estimate as its budget."""
+        return self._cache_bytes
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -147,7 +177,7 @@ class ChangeFeed:
                 if not self._watcher.connected:
                     await self._watcher.connect()
                     self._dirty = True
-                if self._dirty or self._watcher.changed():
+                if self._unread():
                     await self.catch_up()
                 if failing:
                     logger.info("change feed recovered at version %s", self.version)
@@ -162,36 +192,50 @@ class ChangeFeed:
 
     async def catch_up(self) -> None:
         """Apply every change committed so far, once, in order."""
+        asked = self._catch_ups
         async with self._lock:
-            self._dirty = True
-            if self.version is None:
-                self.version = (await self._repository.changelog_bounds())[1]
-                self._cache.clear()
-            while True:
-                batch = await self._repository.changes_since(self.version, limit=BATCH)
-                for change in batch:
-                    self._apply(change)
-                    if self._subscribers:
-                        # NOTE: let the connections' senders drain between changes, so that
-                        #   a burst (one transaction adding many reports) does not overflow a
-                        #   subscriber that keeps up.
-                        await asyncio.sleep(0)
-                if batch:
-                    self._measure(batch[-1])
-                if len(batch) < BATCH:
-                    break
-            self._dirty = False
+            if self._catch_ups != asked and not self._unread():
+                # NOTE: a catch-up finished while this one waited for the lock, and nothing was
+                #   committed that its read may have missed. Without this, each query that
+                #   arrives during one catch-up would read the changelog again, one by one.
+                return
+            self._dirty = False  # NOTE: the read below starts after every commit seen so far
+            try:
+                await self._read_changes()
+            except BaseException:
+                self._dirty = True
+                raise
+            self._catch_ups += 1
+
+    async def _read_changes(self) -> None:
+        if self.version is None:
+            self.version = (await self._repository.changelog_bounds())[1]
+            self._cache.clear()
+            self._cache_bytes = 0
+        while True:
+            batch = await self._repository.changes_since(self.version, limit=BATCH)
+            for change in batch:
+                self._apply(change)
+                if self._subscribers:
+                    # NOTE: let the connections' senders drain between changes, so that a
+                    #   burst (one transaction adding many reports) does not overflow a
+                    #   subscriber that keeps up.
+                    await asyncio.sleep(0)
+            if batch:
+                self._measure(batch[-1])
+            if len(batch) < BATCH:
+                break
 
     def _apply(self, change: Change) -> None:
         self.version = change.version
         name = change.report.name
         if name in self._cache:
             if change.op == "removed":
-                self._cache[name] = None
+                self._store(name, None)
             elif self._cacheable(change.report):
-                self._cache[name] = change.report
+                self._store(name, change.report)
             else:
-                del self._cache[name]
+                self._forget(name)
         for subscriber in list(self._subscribers):
             subscriber.deliver(change)
 
@@ -199,3 +243,9 @@ class ChangeFeed:
         FEED_VERSION.set(last.version)
         FEED_LAG.set((utcnow() - last.changed_at).total_seconds())
         QUEUE_DEPTH.set(max((s.queue_depth for s in self._subscribers), default=0))
+
+
+def _cost(name: str, report: Report | None) -> int:
+    if report is None:
+        return ENTRY_OVERHEAD + len(name)
+    return ENTRY_OVERHEAD + len(name) + len(report.title) + len(report.content)

@@ -418,7 +418,9 @@ class _SQLitePointReader:
         if row is None:
             return None
         title, content, created, updated, version = row[1:]
-        return ReportRecord(row[0], title, content, _utc(created), _utc(updated), version)
+        created_at = _utc(created)
+        updated_at = created_at if updated == created else _utc(updated)
+        return ReportRecord(row[0], title, content, created_at, updated_at, version)
 
     def close(self) -> None:
         if self._conn is not None:

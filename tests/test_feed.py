@@ -1,0 +1,115 @@
+"""The change feed's report cache, on a real database, with another writer committing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from reports_service.config import Settings
+from reports_service.feed import ENTRY_OVERHEAD, ChangeFeed
+from reports_service.records import NewReport
+from reports_service.repository import ReportRepository, repository_for
+
+
+@pytest.fixture
+async def other(settings: Settings) -> AsyncIterator[ReportRepository]:
+    """Another writer on the same database, as another process would be."""
+    repo = repository_for(settings)
+    yield repo
+    await repo.dispose()
+
+
+async def started_feed(repository: ReportRepository, cache_bytes: int) -> ChangeFeed:
+    # NOTE: its own loop checks once at start and then sleeps: queries do every catch-up.
+    feed = ChangeFeed(repository, interval=3600, cache_bytes=cache_bytes)
+    await feed.start()
+    await asyncio.sleep(0.2)
+    return feed
+
+
+async def noticed(settings: Settings) -> None:
+    """Give a PostgreSQL notification time to arrive (SQLite sees a commit at once)."""
+    if settings.database_url.startswith("postgresql"):
+        await asyncio.sleep(0.3)
+
+
+async def test_queries_arriving_during_a_catch_up_share_its_read(
+    repository: ReportRepository,
+    other: ReportRepository,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    feed = await started_feed(repository, cache_bytes=1 << 20)
+    try:
+        assert (await feed.report("report1")) is not None  # cached now
+        await other.add_reports([NewReport("report1", "Changed", "elsewhere")], replace=True)
+        await noticed(settings)
+
+        reads = 0
+        changes_since = repository.changes_since
+
+        async def counted(*args: object, **kwargs: object) -> object:
+            nonlocal reads
+            reads += 1
+            return await changes_since(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(repository, "changes_since", counted)
+        answers = await asyncio.gather(*(feed.report("report1") for _ in range(64)))
+        # Every query started after the commit, so every one sees it ...
+        assert {a.title if a else None for a in answers} == {"Changed"}
+        # ... and one read of the changelog served them all: one per query (the old way)
+        # queued 64 database round trips behind each other, a stall of tens of milliseconds.
+        assert reads == 1
+    finally:
+        await feed.stop()
+
+
+async def test_cache_stays_within_its_budget_and_correct(
+    repository: ReportRepository, other: ReportRepository, settings: Settings
+) -> None:
+    await repository.add_reports(
+        [NewReport(f"r{i:02}", f"Title {i:02}", "x" * 20) for i in range(40)]
+    )
+    budget = 5 * (ENTRY_OVERHEAD + 30)  # room for about five of them
+    feed = await started_feed(repository, cache_bytes=budget)
+    try:
+        for _ in range(2):
+            for i in range(40):
+                report = await feed.report(f"r{i:02}")
+                assert report is not None and report.title == f"Title {i:02}"
+                assert 0 < feed.cached_bytes <= budget
+        assert await feed.report("nowhere") is None
+
+        # The last ones read are cached, the first ones were evicted: both see changes.
+        await other.add_reports(
+            [NewReport("r39", "New 39", "y"), NewReport("r00", "New 00", "y" * 5000)],
+            replace=True,
+        )
+        await other.remove_report(name="r38")
+        await other.add_reports([NewReport("nowhere", "Now here", "")])
+        await noticed(settings)
+        r39, r00 = await feed.report("r39"), await feed.report("r00")
+        assert r39 is not None and r39.title == "New 39"
+        assert r00 is not None and r00.title == "New 00"
+        assert await feed.report("r38") is None
+        now_here = await feed.report("nowhere")
+        assert now_here is not None and now_here.title == "Now here"
+        assert 0 < feed.cached_bytes <= budget
+    finally:
+        await feed.stop()
+
+
+async def test_no_cache_reads_every_time(
+    repository: ReportRepository, other: ReportRepository, settings: Settings
+) -> None:
+    feed = await started_feed(repository, cache_bytes=0)
+    try:
+        assert (await feed.report("report2")) is not None
+        assert feed.cached_bytes == 0
+        await other.remove_report(name="report2")
+        await noticed(settings)
+        assert await feed.report("report2") is None
+    finally:
+        await feed.stop()
