@@ -28,6 +28,23 @@ class ConnectionFilter(logging.Filter):
         return True
 
 
+class ClientFaultFilter(logging.Filter):
+    """uvicorn logs a client's invalid UTF-8 as an ERROR with a traceback; it is the client's
+    fault and the connection is closed with 1007, so one WARNING line without the traceback
+    (else any client can fill the error log with tracebacks)."""
+
+    MESSAGES = frozenset({"Invalid UTF-8 sequence received from client."})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg in self.MESSAGES:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+CLIENT_FAULTS = ClientFaultFilter()
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, message, conn (and exc when there is one)."""
 
@@ -55,6 +72,7 @@ def configure_logging(level: str, fmt: str = "text") -> None:
         handler.addFilter(ConnectionFilter())
     logger.setLevel(level.upper())
     logger.propagate = False
+    logging.getLogger("uvicorn.error").addFilter(CLIENT_FAULTS)
     if fmt == "json":
         for name in UVICORN_LOGGERS:
             for handler in logging.getLogger(name).handlers:
