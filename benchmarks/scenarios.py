@@ -99,6 +99,11 @@ class RoundTrips(Scenario):
     All servers run at once (idle ones cost nothing) and the runs are interleaved: repeat 1 of
     every target and connection count, then repeat 2, ... so that drift of the machine during
     the run spreads over all targets alike. Figures are the medians over the repeats.
+
+    Before the first repeat every server gets ``--prime`` seconds of unmeasured load, which asks
+    for every name in the load's pool at least once: the figures are of a warm server, as in
+    steady operation. The ``sqlite-big-nocache`` target shows what a name costs when it is not
+    cached (the first time it is asked for, or when the pool outgrows REPORTS_CACHE_MB).
     """
 
     key = "roundtrip"
@@ -108,6 +113,10 @@ class RoundTrips(Scenario):
         args = ctx.args
         keys = [key for key in args.targets if key in ctx.targets]
         servers = {key: ctx.start(ctx.targets[key]) for key in keys}
+        if args.prime > 0:
+            for key in keys:
+                log(f"priming {key}: {args.prime:g} s of 64 connections, not measured")
+                ctx.round_trips(servers[key], 64, args.prime, 0.0)
         runs: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
         for repeat in range(1, args.repeats + 1):
             for key in keys:
@@ -197,7 +206,9 @@ class RoundTrips(Scenario):
         ]
         lines = [
             f"Medians of {ctx.args.repeats} runs of {ctx.args.duration:g} s each (after "
-            f"{ctx.args.warmup:g} s warm-up); every connection keeps one message in flight. "
+            f"{ctx.args.warmup:g} s warm-up), after {ctx.args.prime:g} s of unmeasured load on "
+            "each server that asked for every name of the load's pool (65,536 random names) "
+            "once; every connection keeps one message in flight. "
             f"Server pinned to CPU {ctx.server_cpu or '-'}, load generator (picows) to CPU "
             f"{ctx.client_cpu or '-'}. 'server CPU' is the server process's CPU time (all its "
             "threads) over the measured window, as a share of one core, and per round trip; "

@@ -14,8 +14,9 @@ BARE = "bare"
 BASELINE = "baseline"
 SQLITE = "sqlite"
 SQLITE_BIG = "sqlite-big"
+SQLITE_BIG_NO_CACHE = "sqlite-big-nocache"
 POSTGRES = "postgres"
-ALL_TARGETS = (BARE, BASELINE, SQLITE, SQLITE_BIG, POSTGRES)
+ALL_TARGETS = (BARE, BASELINE, SQLITE, SQLITE_BIG, SQLITE_BIG_NO_CACHE, POSTGRES)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Target:
     authenticated: bool
     names: int  # queries pick report1 .. reportNAMES at random
     database_url: str | None = None
+    settings: tuple[tuple[str, str], ...] = ()  # REPORTS_* of this target only
 
     def environment(self, env: Mapping[str, str]) -> dict[str, str]:
         # NOTE: a load generator is one client sending thousands of messages a second: the
@@ -37,7 +39,7 @@ class Target:
         extra = {"REPORTS_RATE_LIMIT": "0", "REPORTS_MAX_CONNECTIONS_PER_TOKEN": "100000"}
         if self.database_url:
             extra["REPORTS_DATABASE_URL"] = self.database_url
-        return {**env, **extra}
+        return {**env, **extra, **dict(self.settings)}
 
 
 def bare_echo() -> Target:
@@ -56,8 +58,9 @@ def dict_baseline() -> Target:
     )
 
 
-def service(key: str, label: str, database_url: str, names: int) -> Target:
-    return Target(key, label, SERVICE, "/reports", "report", True, names, database_url)
+def service(key: str, label: str, database_url: str, names: int, **settings: str) -> Target:
+    extra = tuple((f"REPORTS_{name.upper()}", value) for name, value in settings.items())
+    return Target(key, label, SERVICE, "/reports", "report", True, names, database_url, extra)
 
 
 @dataclass
