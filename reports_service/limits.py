@@ -7,8 +7,6 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from falcon.asgi import WebSocket
 from falcon.constants import WebSocketPayloadType
@@ -35,20 +33,22 @@ class Refused(Exception):
         self.reason = reason
 
 
-def _never() -> bool:
-    return False
-
-
-@dataclass(slots=True)
 class Tracked:
-    """One open connection, as the registry's watchdog sees it."""
+    """One open connection, as the registry's watchdog sees it.
 
-    ws: WebSocket
-    route: str
-    token: str | None
-    last_seen: float
-    sending_since: float = 0.0  # 0: no send under way
-    keep_alive: Callable[[], bool] = _never  # True: not idle, even without messages
+    One of these lives as long as each connection: slots, no callables (memory per idle
+    connection is a budget, see benchmarks/).
+    """
+
+    __slots__ = ("keep_alive", "last_seen", "route", "sending_since", "token", "ws")
+
+    def __init__(self, ws: WebSocket, route: str, token: str | None = None) -> None:
+        self.ws = ws
+        self.route = route
+        self.token = token
+        self.last_seen = time.monotonic()
+        self.sending_since = 0.0  # 0: no send under way
+        self.keep_alive = False  # True: not idle, even without messages (a subscription)
 
     async def send(self, message: object, kind: WebSocketPayloadType) -> None:
         # NOTE: no timer per message: the watchdog drops a connection whose send has waited
@@ -84,7 +84,7 @@ class ConnectionRegistry:
         self.max_per_token = max_per_token
         self._idle_timeout = idle_timeout
         self._send_timeout = send_timeout
-        self._open: dict[WebSocket, Tracked] = {}
+        self._open: set[Tracked] = set()
         self._per_token: Counter[str] = Counter()
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -95,27 +95,27 @@ class ConnectionRegistry:
     def full(self) -> bool:
         return len(self._open) >= self.max_total
 
-    @contextlib.contextmanager
-    def opened(self, ws: WebSocket, route: str, token: str | None = None) -> Iterator[Tracked]:
-        """Counts ``ws`` while the route serves it; raises Refused over a limit."""
+    def admit(self, tracked: Tracked) -> None:
+        """Counts ``tracked`` until :meth:`release`; raises Refused over a limit."""
         if self.full():
             raise Refused(TRY_AGAIN_LATER, "server full: too many connections")
+        token = tracked.token
         if token is not None and self._per_token[token] >= self.max_per_token:
             raise Refused(POLICY_VIOLATION, "too many connections for this token")
-        tracked = self._open[ws] = Tracked(ws, route, token, time.monotonic())
+        self._open.add(tracked)
         if token is not None:
             self._per_token[token] += 1
-        gauge = CONNECTIONS.labels(route)
-        gauge.inc()
-        try:
-            yield tracked
-        finally:
-            gauge.dec()
-            del self._open[ws]
-            if token is not None:
-                self._per_token[token] -= 1
-                if not self._per_token[token]:
-                    del self._per_token[token]
+        CONNECTIONS.labels(tracked.route).inc()
+
+    def release(self, tracked: Tracked) -> None:
+        """No longer counts ``tracked`` (admitted before)."""
+        CONNECTIONS.labels(tracked.route).dec()
+        self._open.remove(tracked)
+        token = tracked.token
+        if token is not None:
+            self._per_token[token] -= 1
+            if not self._per_token[token]:
+                del self._per_token[token]
 
     async def start(self) -> None:
         if self._watchdog is None:
@@ -134,7 +134,7 @@ class ConnectionRegistry:
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            for tracked in list(self._open.values()):
+            for tracked in list(self._open):
                 self._check(tracked, now)
             metrics.flush()  # NOTE: housekeeping of the same kind: every worker, every tick
 
@@ -145,7 +145,7 @@ class ConnectionRegistry:
         elif (
             self._idle_timeout > 0
             and now - tracked.last_seen > self._idle_timeout
-            and not tracked.keep_alive()
+            and not tracked.keep_alive
         ):
             tracked.last_seen = now
             logger.info("closing an idle connection on %s", tracked.route)
@@ -158,11 +158,13 @@ class ConnectionRegistry:
         return list(self._per_token)
 
     def with_token(self, token: str) -> list[WebSocket]:
-        return [ws for ws, entry in self._open.items() if entry.token == token]
+        return [tracked.ws for tracked in self._open if tracked.token == token]
 
 
 class RateLimiter:
     """A token bucket per connection: ``rate`` messages a second, bursts up to ``burst``."""
+
+    __slots__ = ("_allowance", "_burst", "_last", "_rate", "refused_in_a_row")
 
     def __init__(self, rate: float, burst: float) -> None:
         self._rate = rate

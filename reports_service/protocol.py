@@ -265,25 +265,31 @@ _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
 
 
+# NOTE: Falcon keeps each handler's serialize and deserialize on every WebSocket: as static
+#   methods they are the same four functions for all, not four bound methods per connection.
 class RawText(media.TextBaseHandlerWS):
     """Text frames arrive as the raw string (a report name need not be JSON); replies are JSON."""
 
-    def serialize(self, media: object) -> str:
+    @staticmethod
+    def serialize(media: object) -> str:
         return _json_encode(media).decode()
 
-    def deserialize(self, payload: str) -> object:
+    @staticmethod
+    def deserialize(payload: str) -> object:
         return payload
 
 
 class RawBinary(media.BinaryBaseHandlerWS):
     """Binary frames arrive as raw bytes, decoded where needed; replies are MessagePack."""
 
-    def serialize(self, media: object) -> bytes:
+    @staticmethod
+    def serialize(media: object) -> bytes:
         # NOTE: bytes stay bytes (MessagePack has a binary type); datetimes become the same
         #   RFC 3339 strings as in JSON.
         return msgpack.packb(msgspec.to_builtins(media, builtin_types=(bytes, bytearray)))
 
-    def deserialize(self, payload: bytes) -> object:
+    @staticmethod
+    def deserialize(payload: bytes) -> object:
         return payload
 
 

@@ -51,6 +51,23 @@ REPLAY_BATCH = 500
 class ReportsSession:
     """Answers one connection's messages and pushes the changes it subscribed to."""
 
+    # NOTE: one lives as long as each connection: slots (memory per idle connection).
+    __slots__ = (
+        "_binary",
+        "_can_write",
+        "_delivered",
+        "_held",
+        "_names",
+        "_outbox",
+        "_queue_size",
+        "_send_timeout",
+        "_sender",
+        "_service",
+        "_subscribed",
+        "_tracked",
+        "closed_slow",
+    )
+
     def __init__(
         self,
         tracked: Tracked,
@@ -61,11 +78,9 @@ class ReportsSession:
         can_write: bool = False,
     ) -> None:
         self._tracked = tracked
-        self._ws = tracked.ws
         self._can_write = can_write
         self._send_timeout = send_timeout
         self._service = service
-        self._feed: ChangeFeed = service.feed
         self._queue_size = queue_size
         # NOTE: made on the first push: most connections never subscribe, and an idle
         #   connection's memory is the budget that matters (see benchmarks/).
@@ -77,6 +92,10 @@ class ReportsSession:
         self._delivered = 0
         self._binary = False
         self.closed_slow = False
+
+    @property
+    def _feed(self) -> ChangeFeed:
+        return self._service.feed
 
     # -- requests --------------------------------------------------------------------------
 
@@ -155,6 +174,7 @@ class ReportsSession:
             #   subscription now could not say which changes it will get.
             raise DatabaseUnavailable("the change feed is not ready")
         self._binary, self._names, self._subscribed = binary, names, True
+        self._tracked.keep_alive = True  # NOTE: a subscriber is never closed for idling
         self._delivered = self._feed.version or 0
         self._held = [] if request.since is not None else None
         self._feed.add(self)
@@ -222,6 +242,7 @@ class ReportsSession:
     def _stop_subscription(self) -> None:
         self._feed.discard(self)
         self._subscribed, self._names, self._held = False, None, None
+        self._tracked.keep_alive = False
 
     def subscribed(self) -> bool:
         return self._subscribed
@@ -268,7 +289,7 @@ class ReportsSession:
     async def _close_slow(self) -> None:
         CLOSES.labels(str(SLOW_CONSUMER)).inc()
         reason = "too slow: reconnect and resume with since"
-        await transport.close(self._ws, SLOW_CONSUMER, reason, self._send_timeout)
+        await transport.close(self._tracked.ws, SLOW_CONSUMER, reason, self._send_timeout)
 
     def _ensure_sender(self) -> asyncio.Queue[tuple[Any, bool]]:
         if self._outbox is None:

@@ -1,29 +1,25 @@
 from __future__ import annotations
 
-from falcon.asgi import Request, WebSocket
+from typing import Any
 
-from ..config import Settings
-from ..limits import ConnectionRegistry
-from ..protocol import ProtocolError, echo_reply, payload_type
-from .connection import serving
+from falcon.asgi import Request
+
+from ..protocol import Payload, ProtocolError, echo_reply
+from .connection import Connection, WebSocketRoute
 
 
-class EchoResource:
+class EchoResource(WebSocketRoute[None]):
     """WebSocket /echo: each message back as {message, date}, in the format it came in."""
 
-    def __init__(self, registry: ConnectionRegistry, settings: Settings) -> None:
-        self._registry = registry
-        self._settings = settings
+    route = "/echo"
 
-    async def on_websocket(self, req: Request, ws: WebSocket) -> None:
-        await ws.accept()
-        async with serving(ws, "/echo", self._registry, self._settings) as conn:
-            while (payload := await conn.receive()) is not None:
-                if wait := conn.throttle():
-                    reply = {"error": "rate limited", "retry_after": round(wait, 3)}
-                else:
-                    try:
-                        reply = echo_reply(payload)
-                    except ProtocolError as error:
-                        reply = {"error": str(error)}
-                await conn.send(reply, payload_type(payload))
+    def open(self, req: Request, conn: Connection) -> None:
+        return None
+
+    async def answer(self, state: None, conn: Connection, payload: Payload) -> Any:
+        if wait := conn.throttle():
+            return {"error": "rate limited", "retry_after": round(wait, 3)}
+        try:
+            return echo_reply(payload)
+        except ProtocolError as error:
+            return {"error": str(error)}
