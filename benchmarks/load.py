@@ -6,6 +6,8 @@ Two modes, each printing one JSON object on its last stdout line:
          connection, the next sent from the reply's callback) for WARMUP + DURATION seconds;
          round trips sent during the DURATION window count. Prints round trips/s and latency
          percentiles in milliseconds.
+``prime`` asks for every query of the pool (65,536 report names) once, shared out among
+         CONNECTIONS connections, within DURATION seconds; prints how long it took.
 ``idle`` opens CONNECTIONS authenticated connections (each has had one reply, so the server
          holds it at its receive loop), prints a ``{"event": "ready"}`` line, waits for a line
          on stdin (or HOLD seconds), closes them all and prints a summary.
@@ -314,6 +316,34 @@ async def rtt(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def prime(args: argparse.Namespace) -> dict[str, Any]:
+    """Ask for every query of the pool once, shared out among the connections; not timed."""
+    run = Run(args.expect, queries(args.expect, args.names, args.seed))
+    clients, _ = await open_clients(args, run)
+    started = time.perf_counter()
+
+    async def share(first: int, client: Client) -> None:
+        for query in run.queries[first :: len(clients)]:
+            reply = await client.request(query)
+            if not client._valid(reply):
+                run.error(f"reply {reply[:80]!r} to {query[:80]!r}")
+
+    try:
+        async with asyncio.timeout(args.duration):
+            await asyncio.gather(*(share(i, client) for i, client in enumerate(clients)))
+    except TimeoutError:
+        run.error(f"the pool was not asked for within {args.duration}s")
+    await close_clients(clients, args.drain_timeout)
+    return {
+        "mode": "prime",
+        "url": args.url,
+        "queries": len(run.queries),
+        "seconds": time.perf_counter() - started,
+        "errors": run.errors,
+        "first_error": run.first_error,
+    }
+
+
 async def idle(args: argparse.Namespace) -> dict[str, Any]:
     run = Run(args.expect, queries(args.expect, args.names, args.seed))
     started = time.perf_counter()
@@ -360,13 +390,15 @@ def raise_fd_limit(wanted: int) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__)
-    parser.add_argument("mode", choices=["rtt", "idle"])
+    parser.add_argument("mode", choices=["rtt", "prime", "idle"])
     parser.add_argument("--url", required=True, help="ws://127.0.0.1:PORT/PATH")
     parser.add_argument("--token", help="send this as each connection's first message")
     parser.add_argument("--expect", choices=["report", "echo"], default="report")
     parser.add_argument("--names", type=int, default=4, help="query report1..reportNAMES")
     parser.add_argument("--connections", type=int, default=1)
-    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds (rtt)")
+    parser.add_argument(
+        "--duration", type=float, default=3.0, help="measured seconds (rtt); the budget (prime)"
+    )
     parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds first")
     parser.add_argument("--hold", type=float, default=120.0, help="idle: longest wait on stdin")
     parser.add_argument("--concurrency", type=int, default=64, help="connections opened at once")
@@ -399,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         runner = uvloop.run
     try:
-        result = runner(rtt(args) if args.mode == "rtt" else idle(args))
+        result = runner({"rtt": rtt, "prime": prime, "idle": idle}[args.mode](args))
     except LoadError as error:
         print(f"load: {error}", file=sys.stderr)
         return 2

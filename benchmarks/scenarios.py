@@ -79,6 +79,18 @@ class Context:
             raise BenchError(f"{what}: {data['errors']} bad replies, first: {data['first_error']}")
         return data
 
+    def prime(self, server: Server, budget: float) -> float:
+        """Ask ``server`` for every name of the load's pool once; the seconds it took."""
+        command = self.load_command(
+            server, "prime", *("--connections", "64", "--duration", str(budget))
+        )
+        what = f"priming {server.target.key}"
+        result = run_checked(command, env=self.env, timeout=budget + 90, what=what)
+        data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+        if data["errors"]:
+            raise BenchError(f"{what}: {data['errors']} errors, first: {data['first_error']}")
+        return float(data["seconds"])
+
 
 class Scenario(abc.ABC):
     """One measurement: ``key`` names it for --only/--skip, ``title`` heads its section."""
@@ -100,9 +112,9 @@ class RoundTrips(Scenario):
     every target and connection count, then repeat 2, ... so that drift of the machine during
     the run spreads over all targets alike. Figures are the medians over the repeats.
 
-    Before the first repeat every server gets ``--prime`` seconds of unmeasured load, which asks
-    for every name in the load's pool at least once: the figures are of a warm server, as in
-    steady operation. The ``sqlite-big-nocache`` target shows what a name costs when it is not
+    Before the first repeat every server is asked for every name of the load's pool once
+    (unmeasured, within ``--prime`` seconds): the figures are of a warm server, as in steady
+    operation. The ``sqlite-big-nocache`` target shows what a name costs when it is not
     cached (the first time it is asked for, or when the pool outgrows REPORTS_CACHE_MB).
     """
 
@@ -115,8 +127,8 @@ class RoundTrips(Scenario):
         servers = {key: ctx.start(ctx.targets[key]) for key in keys}
         if args.prime > 0:
             for key in keys:
-                log(f"priming {key}: {args.prime:g} s of 64 connections, not measured")
-                ctx.round_trips(servers[key], 64, args.prime, 0.0)
+                seconds = ctx.prime(servers[key], args.prime)
+                log(f"primed {key}: every name of the pool asked for once, in {seconds:.1f} s")
         runs: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
         for repeat in range(1, args.repeats + 1):
             for key in keys:
@@ -206,9 +218,9 @@ class RoundTrips(Scenario):
         ]
         lines = [
             f"Medians of {ctx.args.repeats} runs of {ctx.args.duration:g} s each (after "
-            f"{ctx.args.warmup:g} s warm-up), after {ctx.args.prime:g} s of unmeasured load on "
-            "each server that asked for every name of the load's pool (65,536 random names) "
-            "once; every connection keeps one message in flight. "
+            f"{ctx.args.warmup:g} s warm-up), after each server was asked for every name of "
+            "the load's pool (65,536 random names) once, unmeasured; every connection keeps "
+            "one message in flight. "
             f"Server pinned to CPU {ctx.server_cpu or '-'}, load generator (picows) to CPU "
             f"{ctx.client_cpu or '-'}. 'server CPU' is the server process's CPU time (all its "
             "threads) over the measured window, as a share of one core, and per round trip; "
