@@ -59,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run = parser.add_argument_group("the run")
-    run.add_argument("--duration", type=float, default=3.0, help="measured seconds per load run")
+    run.add_argument("--duration", type=float, default=5.0, help="measured seconds per load run")
     run.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each")
-    run.add_argument("--repeats", type=int, default=3, help="runs per figure; medians reported")
+    run.add_argument("--repeats", type=int, default=5, help="runs per figure; medians reported")
     run.add_argument(
         "--connections", type=int_list, default="1,64", help="connection counts, e.g. 1,64"
     )
