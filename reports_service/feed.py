@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from typing import Protocol
 
+from . import tasks
 from .errors import ServiceError
 from .metrics import FEED_LAG, FEED_VERSION, QUERY_SECONDS, QUEUE_DEPTH, SUBSCRIBERS
 from .records import Change, Report, utcnow
@@ -164,9 +165,7 @@ class ChangeFeed:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT)
             except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                await tasks.cancel(self._task)
             self._task = None
         await self._watcher.close()
 

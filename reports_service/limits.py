@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict, deque
@@ -11,7 +10,7 @@ from collections import Counter, OrderedDict, deque
 from falcon.asgi import WebSocket
 from falcon.constants import WebSocketPayloadType
 
-from . import metrics, transport
+from . import metrics, tasks, transport
 from .config import Settings
 from .errors import ServiceError
 from .metrics import CLOSES, CONNECTIONS
@@ -123,9 +122,7 @@ class ConnectionRegistry:
 
     async def stop(self) -> None:
         if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+            await tasks.cancel(self._watchdog)
             self._watchdog = None
 
     async def _watch(self) -> None:
@@ -242,9 +239,7 @@ class TokenGuard:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await tasks.cancel(self._task)
             self._task = None
 
     async def _run(self) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 from falcon import WebSocketDisconnected
 
-from . import transport
+from . import tasks, transport
 from .errors import DatabaseUnavailable, ServiceError
 from .feed import ChangeFeed
 from .limits import Tracked
@@ -312,6 +311,4 @@ class ReportsSession:
     async def close(self) -> None:
         self._stop_subscription()
         if self._sender is not None:
-            self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
+            await tasks.cancel(self._sender)
