@@ -16,10 +16,10 @@ from typing import Protocol
 
 from . import tasks
 from .errors import ServiceError
-from .metrics import FEED_LAG, FEED_VERSION, QUERY_SECONDS, QUEUE_DEPTH, SUBSCRIBERS
+from .metrics import FEED_LAG, FEED_VERSION, QUEUE_DEPTH, SUBSCRIBERS, query_done
 from .records import Change, Report, utcnow
 from .repository import ReportRepository
-from .watch import CommitWatcher
+from .watch import CommitWatcher, watcher_for
 
 logger = logging.getLogger("reports_service.feed")
 
@@ -49,14 +49,19 @@ class ChangeFeed:
     """
 
     def __init__(
-        self, repository: ReportRepository, *, interval: float, cache_bytes: int = 0
+        self,
+        repository: ReportRepository,
+        *,
+        interval: float,
+        cache_bytes: int = 0,
+        watcher: CommitWatcher | None = None,
     ) -> None:
         self._repository = repository
         self._interval = interval
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._watcher: CommitWatcher = repository.commit_watcher()
+        self._watcher = watcher or watcher_for(repository.engine)
         self._lock = asyncio.Lock()
         self._dirty = True
         self._catch_ups = 0
@@ -89,7 +94,7 @@ class ChangeFeed:
         seen = self.version
         started = time.perf_counter()
         report = await self._repository.get_report(name=name)
-        QUERY_SECONDS.observe(time.perf_counter() - started)
+        query_done(started)
         # NOTE: kept only if no change was applied during the read; else it may be stale.
         if self._cacheable(report) and seen is not None and seen == self.version:
             self._store(report.name if report is not None else name, report)

@@ -33,7 +33,7 @@ from .errors import DatabaseUnavailable, DuplicateReports, DuplicateToken, Schem
 from .models import ApiToken, Report, ReportChange, UTCDateTime
 from .records import Change, NewReport, TokenInfo, hash_token, utcnow
 from .records import Report as ReportRecord
-from .watch import CHANNEL, CommitWatcher, PostgresWatcher, SQLiteWatcher
+from .watch import CHANNEL
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -302,12 +302,6 @@ class ReportRepository:
         async with self.engine.connect() as conn:
             rows = await conn.execute(stmt)
             return [Change(row.version, row.op, _to_report(row), row.changed_at) for row in rows]
-
-    def commit_watcher(self) -> CommitWatcher:
-        """When the change feed should read: data_version on SQLite, LISTEN on PostgreSQL."""
-        if self.engine.dialect.name == "postgresql":
-            return PostgresWatcher(self.engine.url)
-        return SQLiteWatcher(self.engine.url.database or "")
 
     # -- tokens ----------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .errors import DatabaseUnavailable
 
@@ -135,3 +136,10 @@ class PostgresWatcher:
             conn, self._conn = self._conn, None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 2)
+
+
+def watcher_for(engine: AsyncEngine) -> CommitWatcher:
+    """When the change feed should read: data_version on SQLite, LISTEN on PostgreSQL."""
+    if engine.dialect.name == "postgresql":
+        return PostgresWatcher(engine.url)
+    return SQLiteWatcher(engine.url.database or "")
