@@ -24,8 +24,9 @@ def spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
 
 
 def running() -> frozenset[asyncio.Task[Any]]:
-    """The tasks started by :func:`spawn` that have not ended yet."""
-    return frozenset(_RUNNING)
+    """The tasks started by :func:`spawn` in the running loop that have not ended yet."""
+    loop = asyncio.get_running_loop()
+    return frozenset(task for task in _RUNNING if task.get_loop() is loop)
 
 
 def _finished(task: asyncio.Task[Any]) -> None:
