@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import falcon.asgi
 
-from .asyncapi import AsyncAPIResource
 from .config import Settings
 from .feed import ChangeFeed
-from .limits import FailureThrottle, TokenGuard, registry_for
+from .limits import FailureThrottle
+from .logs import configure_logging
 from .middleware import AuthMiddleware, LifecycleMiddleware, LoggingMiddleware, OriginMiddleware
-from .protocol import BINARY, TEXT, RawBinary, RawText
+from .protocol import BINARY, TEXT
 from .repository import repository_for
+from .resources.asyncapi import AsyncAPIResource
 from .resources.echo import EchoResource
 from .resources.hello import HelloResource
+from .resources.media import RawBinary, RawText
 from .resources.ops import HealthResource, MetricsResource, ReadyResource
+from .resources.registry import TokenGuard, registry_for
 from .resources.reports import ReportsResource
 from .resources.static import STATIC_DIR, IndexResource
 from .service import ReportService
+from .watch import watcher_for
 
 PROTECTED_ROUTES = ("/reports",)
 
@@ -31,6 +36,7 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
         repository,
         interval=settings.feed_interval,
         cache_bytes=int(settings.cache_mb * 2**20),
+        watcher=watcher_for(repository.engine),
     )
     service = ReportService(repository, feed)
     registry = registry_for(settings)
@@ -66,11 +72,17 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
     return app
 
 
-def __getattr__(name: str) -> Any:
-    # NOTE: `uvicorn reports_service.app:app`, as in the tutorial, finds the one app that
-    #   reports_service.asgi builds; importing this module builds nothing.
-    if name == "app":
-        from .asgi import app
+@functools.cache
+def app_from_env() -> falcon.asgi.App[Any, Any]:
+    """The process's app: settings from the environment, logging set up; built once."""
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
 
-        return app
+
+def __getattr__(name: str) -> Any:
+    # NOTE: `uvicorn reports_service.app:app`, as in the tutorial, gets the same app as
+    #   reports_service.asgi; importing this module builds nothing.
+    if name == "app":
+        return app_from_env()
     raise AttributeError(name)

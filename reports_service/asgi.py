@@ -1,9 +1,5 @@
-"""The one module-level app: `uvicorn reports_service.asgi:app`."""
+"""The one module-level app: `uvicorn reports_service.asgi:app`, settings from the environment."""
 
-from .app import create_app
-from .config import Settings
-from .logs import configure_logging
+from .app import app_from_env
 
-settings = Settings.from_env()
-configure_logging(settings.log_level, settings.log_format)
-app = create_app(settings)
+app = app_from_env()

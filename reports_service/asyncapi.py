@@ -17,14 +17,11 @@ import typing
 from datetime import UTC, datetime
 from typing import Any
 
-import falcon
 import msgspec
-from falcon.asgi import Request, Response
-from falcon.asgi_spec import WSCloseCode
 
 from . import __version__
+from .codes import Close
 from .config import Settings
-from .middleware.auth import POLICY_VIOLATION, TRY_AGAIN_LATER
 from .protocol import (
     KNOWN_TYPES,
     REQUEST_TYPES,
@@ -55,11 +52,9 @@ from .protocol import (
     Unsubscribe,
 )
 from .protocol import Request as TypedRequest
-from .session import SLOW_CONSUMER
 
 ASYNCAPI_VERSION = "3.0.0"
 SCHEMAS = "#/components/schemas/{name}"
-MESSAGE_TOO_BIG = 1009  # sent by uvicorn (`reports-service serve`), not by this package
 _DEFAULTS = Settings()
 
 # The direct reply each typed request gets when it succeeds; any of them may get an ErrorReply.
@@ -140,14 +135,15 @@ the connection.
 
 | code | meaning |
 |---|---|
-| {POLICY_VIOLATION} | policy violation: wrong, revoked or missing access token (none within \
+| {Close.POLICY_VIOLATION} | policy violation: wrong, revoked or missing access token (none within \
 `REPORTS_AUTH_TIMEOUT` seconds) |
-| {MESSAGE_TOO_BIG} | message too big: larger than `REPORTS_MAX_MESSAGE_BYTES` |
-| {TRY_AGAIN_LATER} | try again later: the database could not be reached to check the token |
-| {SLOW_CONSUMER} | slow subscriber: more than `REPORTS_SUBSCRIBER_QUEUE` messages were waiting; \
+| {Close.MESSAGE_TOO_BIG} | message too big: larger than `REPORTS_MAX_MESSAGE_BYTES` |
+| {Close.TRY_AGAIN_LATER} | try again later: the database could not be reached to check the token |
+| {Close.SLOW_CONSUMER} | slow subscriber: more than `REPORTS_SUBSCRIBER_QUEUE` messages were \
+waiting; \
 reconnect and resume with `subscribe` and `since` set to the last version received |
-| {WSCloseCode.PATH_NOT_FOUND} / HTTP 403 | no route at that path: the handshake is refused before \
-anything is accepted (Falcon closes with {WSCloseCode.PATH_NOT_FOUND}, which the server sends as \
+| {Close.PATH_NOT_FOUND} / HTTP 403 | no route at that path: the handshake is refused before \
+anything is accepted (Falcon closes with {Close.PATH_NOT_FOUND}, which the server sends as \
 HTTP 403) |
 
 A client that stops reading is dropped, without a close frame, once a message has waited
@@ -155,173 +151,44 @@ A client that stops reading is dropped, without a close frame, once a message ha
 """
 
 
+class _Messages:
+    """The document's messages by key, and the payload schema ref of each Struct."""
+
+    def __init__(self, payload: dict[type[msgspec.Struct], dict[str, Any]]) -> None:
+        self.payload = payload
+        self.by_key: dict[str, dict[str, Any]] = {}
+
+    def add(self, key: str, body: dict[str, Any]) -> str:
+        self.by_key[key] = {"name": key, **body}
+        return key
+
+    def struct(self, struct: type[msgspec.Struct], summary: str | None = None) -> str:
+        examples = [{"payload": msgspec.to_builtins(e)} for e in EXAMPLES[struct]]
+        summary = SUMMARIES[struct] if summary is None else summary
+        body = {"title": struct.__name__, "summary": summary, "payload": self.payload[struct]}
+        return self.add(_key(struct), {**body, "examples": examples})
+
+
 def build_document() -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document of the /reports and /echo WebSocket routes."""
     structs = _message_structs()
     refs, schemas = msgspec.json.schema_components(structs, ref_template=SCHEMAS)
-    payload = dict(zip(structs, refs, strict=True))
-    messages: dict[str, dict[str, Any]] = {}
-
-    def message(key: str, body: dict[str, Any]) -> str:
-        messages[key] = {"name": key, **body}
-        return key
-
-    def struct_message(struct: type[msgspec.Struct], summary: str) -> str:
-        examples = [{"payload": msgspec.to_builtins(e)} for e in EXAMPLES[struct]]
-        body = {"title": struct.__name__, "summary": summary, "payload": payload[struct]}
-        return message(_key(struct), {**body, "examples": examples})
-
-    reports: dict[str, dict[str, Any]] = {}  # operations on /reports, by id
-    token = message(
-        "token",
-        {
-            "title": "Access token",
-            "summary": "The first message on /reports: an access token.",
-            "payload": {
-                "type": "string",
-                "description": "A token made by `reports-service token create` (or `up`).",
-            },
-            "examples": [{"payload": "test-token-0123456789"}],
-        },
-    )
-    reports["receiveToken"] = {
-        "action": "receive",
-        "summary": "Authenticate: the first message, within `REPORTS_AUTH_TIMEOUT` seconds.",
-        "description": (
-            "Nothing is sent back when the token is accepted. A wrong or revoked token, or none "
-            f"in time, closes the connection with {POLICY_VIOLATION}; a database that cannot "
-            f"be reached closes it with {TRY_AGAIN_LATER}."
-        ),
-        "messages": [token],
+    messages = _Messages(dict(zip(structs, refs, strict=True)))
+    reports = {
+        **_token_operations(messages),
+        **_plain_operations(messages),
+        **_request_operations(messages),
+        **_push_operations(messages),
     }
-    plain = message(
-        "plainQuery",
-        {
-            "title": "Plain query",
-            "summary": "The tutorial's query: a report name.",
-            "payload": {
-                "type": "string",
-                "description": (
-                    "A text frame that is not a JSON object with a `type`, or a binary frame "
-                    "holding a MessagePack string."
-                ),
-            },
-            "examples": [{"payload": "report1"}],
-        },
-    )
-    reports["receivePlainQuery"] = {
-        "action": "receive",
-        "summary": "Look a report up by name, as in the tutorial.",
-        "messages": [plain],
-        "reply": [struct_message(s, SUMMARIES[s]) for s in PLAIN_REPLIES],
-    }
-
-    error = struct_message(ErrorReply, SUMMARIES[ErrorReply])
-    for request in REQUEST_TYPES:
-        if request not in REPLIES:
-            raise LookupError(f"{request.__name__} has no reply in reports_service.asyncapi")
-        tag = str(request.__struct_config__.tag)
-        summary = _first_line(request.__doc__)
-        key = message(
-            tag,
-            {
-                "title": request.__name__,
-                "summary": summary,
-                "payload": payload[request],
-                "examples": [{"payload": msgspec.to_builtins(e)} for e in EXAMPLES[request]],
-            },
-        )
-        reply = REPLIES[request]
-        reports[f"receive{tag[0].upper()}{tag[1:]}"] = {
-            "action": "receive",
-            "summary": summary,
-            "messages": [key],
-            "reply": [struct_message(reply, SUMMARIES[reply]), error],
-        }
-    unknown = message(
-        "unknownRequest",
-        {
-            "title": "Request of an unknown type",
-            "summary": "An object whose `type` this server does not know.",
-            "payload": {
-                "type": "object",
-                "properties": {"type": {"not": {"enum": sorted(KNOWN_TYPES)}}},
-                "required": ["type"],
-            },
-            "examples": [{"payload": {"type": "frobnicate", "id": 9}}],
-        },
-    )
-    reports["receiveUnknownRequest"] = {
-        "action": "receive",
-        "summary": "Answered with an `unknown_type` error; the connection stays open.",
-        "messages": [unknown],
-        "reply": [error],
-    }
-    reports["sendChanges"] = {
-        "action": "send",
-        "summary": "Push each change to the subscribed reports, in version order.",
-        "description": (
-            "After `subscribe`, and until `unsubscribe`. A subscriber that falls more than "
-            f"`REPORTS_SUBSCRIBER_QUEUE` messages behind is closed with {SLOW_CONSUMER}: it "
-            "reconnects and subscribes with `since` set to the last version it received."
-        ),
-        "messages": [struct_message(s, SUMMARIES[s]) for s in EVENTS],
-    }
-
-    echo: dict[str, dict[str, Any]] = {}
-    echo["receiveEcho"] = {
-        "action": "receive",
-        "summary": "Send anything; it comes back with the time.",
-        "messages": [
-            message(
-                "echoMessage",
-                {
-                    "title": "Echo message",
-                    "summary": "Any text (a text frame) or any MessagePack value (binary frame).",
-                    "payload": {"description": "Anything: it is sent back as `message`."},
-                    "examples": [{"payload": "hi"}],
-                },
-            )
-        ],
-        "reply": [
-            message(
-                "echoReply",
-                {
-                    "title": "Echo reply",
-                    "summary": "The message as received, and the time (UTC) it was answered.",
-                    "payload": {
-                        "type": "object",
-                        "properties": {
-                            "message": {"description": "The message as received."},
-                            "date": {"type": "string", "format": "date-time"},
-                        },
-                        "required": ["message", "date"],
-                        "additionalProperties": False,
-                    },
-                    "examples": [
-                        {"payload": {"message": "hi", "date": "2025-01-01T12:00:00+00:00"}}
-                    ],
-                },
-            ),
-            message(
-                "echoError",
-                {
-                    "title": "Echo error",
-                    "summary": "A binary frame that is not MessagePack; the connection stays open.",
-                    "payload": payload[PlainError],
-                    "examples": [{"payload": {"error": "invalid MessagePack"}}],
-                },
-            ),
-        ],
-    }
-
     channels = {
         "reports": _channel(
             "/reports",
             "Reports by name, typed requests and live changes; the first message is a token.",
             reports,
         ),
-        "echo": _channel("/echo", "Each message back, with the time; no token.", echo),
+        "echo": _channel(
+            "/echo", "Each message back, with the time; no token.", _echo_operations(messages)
+        ),
     }
     return {
         "asyncapi": ASYNCAPI_VERSION,
@@ -339,27 +206,177 @@ def build_document() -> dict[str, Any]:
             op_id: op for name, (_, ops) in channels.items() for op_id, op in ops.items()
         },
         "components": {
-            "messages": {key: messages[key] for key in sorted(messages)},
+            "messages": {key: messages.by_key[key] for key in sorted(messages.by_key)},
             "schemas": schemas,
         },
     }
+
+
+def _token_operations(messages: _Messages) -> dict[str, dict[str, Any]]:
+    token = messages.add(
+        "token",
+        {
+            "title": "Access token",
+            "summary": "The first message on /reports: an access token.",
+            "payload": {
+                "type": "string",
+                "description": "A token made by `reports-service token create` (or `up`).",
+            },
+            "examples": [{"payload": "test-token-0123456789"}],
+        },
+    )
+    receive = {
+        "action": "receive",
+        "summary": "Authenticate: the first message, within `REPORTS_AUTH_TIMEOUT` seconds.",
+        "description": (
+            "Nothing is sent back when the token is accepted. A wrong or revoked token, or none "
+            f"in time, closes the connection with {Close.POLICY_VIOLATION}; a database that "
+            f"cannot be reached closes it with {Close.TRY_AGAIN_LATER}."
+        ),
+        "messages": [token],
+    }
+    return {"receiveToken": receive}
+
+
+def _plain_operations(messages: _Messages) -> dict[str, dict[str, Any]]:
+    plain = messages.add(
+        "plainQuery",
+        {
+            "title": "Plain query",
+            "summary": "The tutorial's query: a report name.",
+            "payload": {
+                "type": "string",
+                "description": (
+                    "A text frame that is not a JSON object with a `type`, or a binary frame "
+                    "holding a MessagePack string."
+                ),
+            },
+            "examples": [{"payload": "report1"}],
+        },
+    )
+    receive = {
+        "action": "receive",
+        "summary": "Look a report up by name, as in the tutorial.",
+        "messages": [plain],
+        "reply": [messages.struct(s) for s in PLAIN_REPLIES],
+    }
+    return {"receivePlainQuery": receive}
+
+
+def _request_operations(messages: _Messages) -> dict[str, dict[str, Any]]:
+    """One operation per typed request, and one for a request of an unknown type."""
+    error = messages.struct(ErrorReply)
+    operations: dict[str, dict[str, Any]] = {}
+    for request in REQUEST_TYPES:
+        if request not in REPLIES:
+            raise LookupError(f"{request.__name__} has no reply in reports_service.asyncapi")
+        tag = str(request.__struct_config__.tag)
+        summary = _first_line(request.__doc__)
+        operations[f"receive{tag[0].upper()}{tag[1:]}"] = {
+            "action": "receive",
+            "summary": summary,
+            "messages": [_request_message(messages, request, tag, summary)],
+            "reply": [messages.struct(REPLIES[request]), error],
+        }
+    unknown = messages.add(
+        "unknownRequest",
+        {
+            "title": "Request of an unknown type",
+            "summary": "An object whose `type` this server does not know.",
+            "payload": {
+                "type": "object",
+                "properties": {"type": {"not": {"enum": sorted(KNOWN_TYPES)}}},
+                "required": ["type"],
+            },
+            "examples": [{"payload": {"type": "frobnicate", "id": 9}}],
+        },
+    )
+    operations["receiveUnknownRequest"] = {
+        "action": "receive",
+        "summary": "Answered with an `unknown_type` error; the connection stays open.",
+        "messages": [unknown],
+        "reply": [error],
+    }
+    return operations
+
+
+def _request_message(
+    messages: _Messages, request: type[TypedRequest], tag: str, summary: str
+) -> str:
+    return messages.add(
+        tag,
+        {
+            "title": request.__name__,
+            "summary": summary,
+            "payload": messages.payload[request],
+            "examples": [{"payload": msgspec.to_builtins(e)} for e in EXAMPLES[request]],
+        },
+    )
+
+
+def _push_operations(messages: _Messages) -> dict[str, dict[str, Any]]:
+    send = {
+        "action": "send",
+        "summary": "Push each change to the subscribed reports, in version order.",
+        "description": (
+            "After `subscribe`, and until `unsubscribe`. A subscriber that falls more than "
+            f"`REPORTS_SUBSCRIBER_QUEUE` messages behind is closed with {Close.SLOW_CONSUMER}: "
+            "it reconnects and subscribes with `since` set to the last version it received."
+        ),
+        "messages": [messages.struct(s) for s in EVENTS],
+    }
+    return {"sendChanges": send}
+
+
+def _echo_operations(messages: _Messages) -> dict[str, dict[str, Any]]:
+    received = messages.add(
+        "echoMessage",
+        {
+            "title": "Echo message",
+            "summary": "Any text (a text frame) or any MessagePack value (binary frame).",
+            "payload": {"description": "Anything: it is sent back as `message`."},
+            "examples": [{"payload": "hi"}],
+        },
+    )
+    reply = messages.add(
+        "echoReply",
+        {
+            "title": "Echo reply",
+            "summary": "The message as received, and the time (UTC) it was answered.",
+            "payload": {
+                "type": "object",
+                "properties": {
+                    "message": {"description": "The message as received."},
+                    "date": {"type": "string", "format": "date-time"},
+                },
+                "required": ["message", "date"],
+                "additionalProperties": False,
+            },
+            "examples": [{"payload": {"message": "hi", "date": "2025-01-01T12:00:00+00:00"}}],
+        },
+    )
+    error = messages.add(
+        "echoError",
+        {
+            "title": "Echo error",
+            "summary": "A binary frame that is not MessagePack; the connection stays open.",
+            "payload": messages.payload[PlainError],
+            "examples": [{"payload": {"error": "invalid MessagePack"}}],
+        },
+    )
+    receive = {
+        "action": "receive",
+        "summary": "Send anything; it comes back with the time.",
+        "messages": [received],
+        "reply": [reply, error],
+    }
+    return {"receiveEcho": receive}
 
 
 def render(document: dict[str, Any] | None = None) -> str:
     """The document as kept in docs/asyncapi.json: sorted keys, indented, a final newline."""
     document = build_document() if document is None else document
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-class AsyncAPIResource:
-    """GET /asyncapi.json: the document, built and encoded once."""
-
-    def __init__(self) -> None:
-        self._body = render().encode()
-
-    async def on_get(self, req: Request, resp: Response) -> None:
-        resp.content_type = falcon.MEDIA_JSON
-        resp.data = self._body
 
 
 def _message_structs() -> list[type[msgspec.Struct]]:

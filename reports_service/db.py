@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
@@ -81,3 +83,28 @@ def _sqlite_recipe(engine: AsyncEngine, busy_timeout: float) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn: Any) -> None:
         conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
+
+
+def connect_sqlite(path: str, *, mode: str) -> sqlite3.Connection:
+    """A standard-library connection for use in the event loop's thread (``mode`` ro or rw).
+
+    Never creates a database that is not there (a ``file:`` URI with ``mode``).
+    """
+    # NOTE: timeout 0: SQLite's busy handler would sleep in the loop's thread, stalling every
+    #   connection of the process (up to a second with the old timeout=1.0). Busy now fails at
+    #   once (see is_busy) and the caller takes the slower path that may wait: the point reader
+    #   falls back to aiosqlite's thread, the commit watcher answers "maybe changed". Worst case
+    #   in the loop: the statement itself, microseconds.
+    return sqlite3.connect(
+        f"file:{quote(path)}?mode={mode}",
+        uri=True,
+        timeout=0,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+
+
+def is_busy(error: sqlite3.Error) -> bool:
+    """Whether ``error`` is SQLite's "database is locked/busy": worth retrying, not a fault."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)

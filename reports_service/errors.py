@@ -30,7 +30,6 @@ class DuplicateReports(ServiceError):
     def __init__(self, names: list[str]) -> None:
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         super().__init__(f"report already exists: {shown} (use --replace to overwrite)")
-        self.names = names
 
 
 class DuplicateToken(ServiceError):

@@ -16,10 +16,10 @@ from typing import Protocol
 
 from . import tasks
 from .errors import ServiceError
-from .metrics import FEED_LAG, FEED_VERSION, QUERY_SECONDS, QUEUE_DEPTH, SUBSCRIBERS
+from .metrics import FEED_LAG, FEED_VERSION, QUEUE_DEPTH, SUBSCRIBERS, query_done
 from .records import Change, Report, utcnow
 from .repository import ReportRepository
-from .watch import CommitWatcher
+from .watch import CommitWatcher, watcher_for
 
 logger = logging.getLogger("reports_service.feed")
 
@@ -49,18 +49,23 @@ class ChangeFeed:
     """
 
     def __init__(
-        self, repository: ReportRepository, *, interval: float, cache_bytes: int = 0
+        self,
+        repository: ReportRepository,
+        *,
+        interval: float,
+        cache_bytes: int = 0,
+        watcher: CommitWatcher | None = None,
     ) -> None:
         self._repository = repository
         self._interval = interval
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._watcher: CommitWatcher = repository.commit_watcher()
+        self._watcher = watcher or watcher_for(repository.engine)
         self._lock = asyncio.Lock()
-        self._dirty = True
+        self._behind = True  # NOTE: something may be committed that no read started after
         self._catch_ups = 0
-        self._checked = False
+        self._checked_this_tick = False
         # NOTE: an OrderedDict evicts the oldest in O(1); a dict's first key slows down as
         #   deletions pile up at its front.
         self._cache: OrderedDict[str, Report | None] = OrderedDict()
@@ -81,7 +86,7 @@ class ChangeFeed:
     async def report(self, name: str) -> Report | None:
         """The report ``name`` as committed when this call started: cached, or read."""
         if self._watcher.connected and self.version is not None:
-            if self._dirty or self._lock.locked() or self._changed():
+            if self._behind or self._lock.locked() or self._is_behind_this_tick():
                 await self.catch_up()
             cached = self._cache.get(name, MISSING)
             if cached is not MISSING:
@@ -89,7 +94,7 @@ class ChangeFeed:
         seen = self.version
         started = time.perf_counter()
         report = await self._repository.get_report(name=name)
-        QUERY_SECONDS.observe(time.perf_counter() - started)
+        query_done(started)
         # NOTE: kept only if no change was applied during the read; else it may be stale.
         if self._cacheable(report) and seen is not None and seen == self.version:
             self._store(report.name if report is not None else name, report)
@@ -100,29 +105,29 @@ class ChangeFeed:
 
         (Its own PostgreSQL notification may arrive after the writer's reply.)
         """
-        self._dirty = True
+        self._behind = True
 
-    def _changed(self) -> bool:
+    def _is_behind_this_tick(self) -> bool:
         # NOTE: one check per event-loop iteration serves every query handled in it: their
         #   messages had all arrived before the iteration's first check, and the flag is reset
         #   (call_soon) before the next iteration handles any newly arrived message.
-        if self._checked:
+        if self._checked_this_tick:
             return False
-        self._checked = True
-        asyncio.get_running_loop().call_soon(self._uncheck)
-        return self._unread()
+        self._checked_this_tick = True
+        asyncio.get_running_loop().call_soon(self._new_tick)
+        return self._is_behind()
 
-    def _unread(self) -> bool:
+    def _is_behind(self) -> bool:
         """Whether something may have been committed that no read has started after.
 
-        The watcher forgets a commit once asked; ``_dirty`` remembers it until a read starts.
+        The watcher forgets a commit once asked; ``_behind`` remembers it until a read starts.
         """
-        if not self._dirty and self._watcher.changed():
-            self._dirty = True
-        return self._dirty
+        if not self._behind and self._watcher.changed():
+            self._behind = True
+        return self._behind
 
-    def _uncheck(self) -> None:
-        self._checked = False
+    def _new_tick(self) -> None:
+        self._checked_this_tick = False
 
     def _cacheable(self, report: Report | None) -> bool:
         return bool(self._cache_budget) and (
@@ -175,8 +180,8 @@ class ChangeFeed:
             try:
                 if not self._watcher.connected:
                     await self._watcher.connect()
-                    self._dirty = True
-                if self._unread():
+                    self._behind = True
+                if self._is_behind():
                     await self.catch_up()
                 if failing:
                     logger.info("change feed recovered at version %s", self.version)
@@ -193,16 +198,16 @@ class ChangeFeed:
         """Apply every change committed so far, once, in order."""
         asked = self._catch_ups
         async with self._lock:
-            if self._catch_ups != asked and not self._unread():
+            if self._catch_ups != asked and not self._is_behind():
                 # NOTE: a catch-up finished while this one waited for the lock, and nothing was
                 #   committed that its read may have missed. Without this, each query that
                 #   arrives during one catch-up would read the changelog again, one by one.
                 return
-            self._dirty = False  # NOTE: the read below starts after every commit seen so far
+            self._behind = False  # NOTE: the read below starts after every commit seen so far
             try:
                 await self._read_changes()
             except BaseException:
-                self._dirty = True
+                self._behind = True
                 raise
             self._catch_ups += 1
 

@@ -33,6 +33,11 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime given; use datetime.now(UTC)")
         return value.astimezone(UTC)
 
+    @staticmethod
+    def from_sqlite(stored: str) -> datetime:
+        """The value as read back from SQLite, which keeps the UTC time as text, without a zone."""
+        return datetime.fromisoformat(stored).replace(tzinfo=UTC)
+
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if not isinstance(value, datetime):
             return None

@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal
 
 import msgpack
 import msgspec
-from falcon import media
 from falcon.constants import WebSocketPayloadType
 from msgspec import Meta, Struct
 
@@ -259,42 +258,22 @@ class ProtocolError(ValueError):
     """A message that cannot be understood; its text is safe to send to the client."""
 
 
-# -- media handlers ------------------------------------------------------------------------
+# -- encoding ------------------------------------------------------------------------------
 
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
 
 
-# NOTE: Falcon keeps each handler's serialize and deserialize on every WebSocket: as static
-#   methods they are the same four functions for all, not four bound methods per connection.
-class RawText(media.TextBaseHandlerWS):
-    """Text frames arrive as the raw string (a report name need not be JSON); replies are JSON."""
-
-    @staticmethod
-    def serialize(media: object) -> str:
-        return _json_encode(media).decode()
-
-    @staticmethod
-    def deserialize(payload: str) -> object:
-        return payload
+def encode_text(message: object) -> str:
+    """A message as the JSON of a text frame."""
+    return _json_encode(message).decode()
 
 
-class RawBinary(media.BinaryBaseHandlerWS):
-    """Binary frames arrive as raw bytes, decoded where needed; replies are MessagePack."""
-
-    @staticmethod
-    def serialize(media: object) -> bytes:
-        # NOTE: bytes stay bytes (MessagePack has a binary type); datetimes become the same
-        #   RFC 3339 strings as in JSON.
-        return msgpack.packb(msgspec.to_builtins(media, builtin_types=(bytes, bytearray)))
-
-    @staticmethod
-    def deserialize(payload: bytes) -> object:
-        return payload
-
-
-_TEXT = RawText()
-_BINARY = RawBinary()
+def encode_binary(message: object) -> bytes:
+    """A message as the MessagePack of a binary frame."""
+    # NOTE: bytes stay bytes (MessagePack has a binary type); datetimes become the same
+    #   RFC 3339 strings as in JSON.
+    return msgpack.packb(msgspec.to_builtins(message, builtin_types=(bytes, bytearray)))
 
 
 def payload_type(payload: Payload) -> WebSocketPayloadType:
@@ -386,7 +365,7 @@ def event(change: Change) -> ReportEvent:
 def event_frame(change: Change, binary: bool) -> str | bytes:
     """The pushed event for ``change``, encoded once for all its subscribers."""
     pushed = event(change)
-    return _BINARY.serialize(pushed) if binary else _TEXT.serialize(pushed)
+    return encode_binary(pushed) if binary else encode_text(pushed)
 
 
 def error_reply(
@@ -397,14 +376,18 @@ def error_reply(
 
 def rate_limited(payload: Payload, retry_after: float) -> Any:
     """The reply to a message refused for rate, in the shape the message asked for."""
-    wait = round(retry_after, 3)
     try:
         message = decode(payload)
     except (RequestError, ProtocolError):
         message = None
     if isinstance(message, Request):
-        return error_reply(message.id, "rate_limited", "too many messages", wait)
-    return {"error": "rate limited", "retry_after": wait}
+        return error_reply(message.id, "rate_limited", "too many messages", round(retry_after, 3))
+    return plain_rate_limited(retry_after)
+
+
+def plain_rate_limited(retry_after: float) -> dict[str, Any]:
+    """The reply to a plain message (a query, an echo) refused for rate."""
+    return {"error": "rate limited", "retry_after": round(retry_after, 3)}
 
 
 def report_reply(report: Report | None) -> dict[str, str]:

@@ -23,16 +23,6 @@ class Report:
     updated_at: datetime
     version: int
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "title": self.title,
-            "content": self.content,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-            "version": self.version,
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class Change:

@@ -7,9 +7,8 @@ import hmac
 import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar, cast
-from urllib.parse import quote
+from datetime import datetime
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from sqlalchemy import (
     Table,
@@ -27,13 +26,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .config import Settings
-from .db import WRITE_OPTIONS, make_engine
-from .errors import DatabaseUnavailable, DuplicateReports, DuplicateToken, SchemaNotReady
+from .db import WRITE_OPTIONS, is_busy, make_engine
+from .errors import (
+    DatabaseUnavailable,
+    DuplicateReports,
+    DuplicateToken,
+    SchemaNotReady,
+    ServiceError,
+)
 from .models import ApiToken, Report, ReportChange, UTCDateTime
+from .point_reader import SQLitePointReader
 from .records import Change, NewReport, TokenInfo, hash_token, utcnow
 from .records import Report as ReportRecord
-from .watch import CHANNEL, CommitWatcher, PostgresWatcher, SQLiteWatcher
+from .watch import CHANNEL
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -54,6 +59,7 @@ _GET_REPORT = select(*_REPORT_COLUMNS).where(reports.c.name == bindparam("name")
 _AUTHENTICATE = select(
     tokens.c.name, tokens.c.token_hash, tokens.c.created_at, tokens.c.can_write
 ).where(tokens.c.token_hash == bindparam("token_hash"), tokens.c.revoked_at.is_(None))
+# NOTE: bind names prefixed with b_: SQLAlchemy reserves a column's own name for the SET clause.
 _UPDATE_REPORT = (
     update(reports)
     .where(reports.c.name == bindparam("b_name"))
@@ -77,19 +83,22 @@ def _translate_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await fn(*args, **kwargs)
+        except exc.IntegrityError:
+            raise
         except exc.DBAPIError as error:
-            message = str(error.orig).lower()
-            if "no such table" in message or "does not exist" in message:
-                raise SchemaNotReady(
-                    "the database is not migrated: run `reports-service migrate`"
-                ) from error
-            if isinstance(error, exc.IntegrityError):
-                raise
-            raise DatabaseUnavailable.from_error(error.orig) from error
-        except (OSError, TimeoutError, exc.TimeoutError) as error:
-            raise DatabaseUnavailable.from_error(error) from error
+            raise _service_error(error.orig) from error
+        except (sqlite3.Error, OSError, TimeoutError, exc.TimeoutError) as error:
+            raise _service_error(error) from error
 
     return wrapper
+
+
+def _service_error(error: object) -> ServiceError:
+    """The service's error for a driver's error: a missing table means no migration yet."""
+    message = str(error).lower()
+    if "no such table" in message or "does not exist" in message:
+        return SchemaNotReady("the database is not migrated: run `reports-service migrate`")
+    return DatabaseUnavailable.from_error(error)
 
 
 def _to_report(row: Any) -> ReportRecord:
@@ -112,7 +121,9 @@ class ReportRepository:
         #   SQLite; other backends ignore the option.
         self._writer = engine.execution_options(**WRITE_OPTIONS)
         path = engine.url.database if engine.dialect.name == "sqlite" else None
-        self._point_reader = _SQLitePointReader(path) if path and path != ":memory:" else None
+        self._point_reader: SQLitePointReader | None = None
+        if path and path != ":memory:":
+            self._point_reader = SQLitePointReader(path, _GET_REPORT)
 
     # -- reports ---------------------------------------------------------------------------
 
@@ -121,7 +132,12 @@ class ReportRepository:
         if "\x00" in name:  # NOTE: never stored (see NewReport); PostgreSQL rejects it in text
             return None
         if self._point_reader is not None:
-            return self._point_reader.get(name)
+            try:
+                return self._point_reader.get(name)
+            except sqlite3.Error as error:
+                if not is_busy(error):
+                    raise
+                # NOTE: busy (the reader does not wait in the loop): read where waiting is fine
         async with self.engine.connect() as conn:
             row = (await conn.execute(_GET_REPORT, {"name": name})).first()
         return None if row is None else _to_report(row)
@@ -303,12 +319,6 @@ class ReportRepository:
             rows = await conn.execute(stmt)
             return [Change(row.version, row.op, _to_report(row), row.changed_at) for row in rows]
 
-    def commit_watcher(self) -> CommitWatcher:
-        """When the change feed should read: data_version on SQLite, LISTEN on PostgreSQL."""
-        if self.engine.dialect.name == "postgresql":
-            return PostgresWatcher(self.engine.url)
-        return SQLiteWatcher(self.engine.url.database or "")
-
     # -- tokens ----------------------------------------------------------------------------
 
     @_translate_errors
@@ -384,56 +394,22 @@ class ReportRepository:
         await self.engine.dispose()
 
 
-MMAP_BYTES = 1 << 30
+class RepositorySettings(Protocol):
+    """What :func:`repository_for` reads of the settings (config.Settings has it all)."""
+
+    @property
+    def database_url(self) -> str: ...
+    @property
+    def sqlite_busy_timeout(self) -> float: ...
+    @property
+    def pool_size(self) -> int: ...
+    @property
+    def pool_timeout(self) -> float: ...
+    @property
+    def changelog_retention(self) -> int: ...
 
 
-class _SQLitePointReader:
-    """One report by name, read in the event loop's thread with the standard library's driver.
-
-    An indexed lookup in SQLite takes microseconds: less than the hop to aiosqlite's thread and
-    back, and far less than a pooled SQLAlchemy connection's BEGIN and ROLLBACK around it. In WAL
-    mode a reader never waits for a writer, so it cannot stall the loop on a lock.
-    """
-
-    SQL = "SELECT name, title, content, created_at, updated_at, version FROM reports WHERE name = ?"
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._conn: sqlite3.Connection | None = None
-
-    def get(self, name: str) -> ReportRecord | None:
-        try:
-            if self._conn is None:
-                uri = f"file:{quote(self._path)}?mode=ro"
-                self._conn = sqlite3.connect(
-                    uri, uri=True, timeout=1.0, isolation_level=None, check_same_thread=False
-                )
-                # NOTE: pages mapped into memory, not read() one syscall at a time: random
-                #   lookups in a large database cost a fraction as much.
-                self._conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
-            row = self._conn.execute(self.SQL, (name,)).fetchone()
-        except sqlite3.Error as error:
-            self.close()
-            raise DatabaseUnavailable.from_error(error) from error
-        if row is None:
-            return None
-        title, content, created, updated, version = row[1:]
-        created_at = _utc(created)
-        updated_at = created_at if updated == created else _utc(updated)
-        return ReportRecord(row[0], title, content, created_at, updated_at, version)
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
-def _utc(stored: str) -> datetime:
-    # NOTE: as UTCDateTime reads it back: SQLite keeps the UTC time as text, without a zone.
-    return datetime.fromisoformat(stored).replace(tzinfo=UTC)
-
-
-def repository_for(settings: Settings) -> ReportRepository:
+def repository_for(settings: RepositorySettings) -> ReportRepository:
     """The repository a process uses: the engine and changelog retention from settings."""
     engine = make_engine(
         settings.database_url,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
-from .feed import ChangeFeed
-from .metrics import QUERY_SECONDS
+from .feed import ChangeFeed, Subscriber
+from .metrics import query_done
 from .protocol import (
     Get,
     GetReply,
@@ -24,22 +25,25 @@ from .protocol import (
     report_out,
     report_reply,
 )
-from .records import NewReport
+from .records import Change, NewReport
 from .repository import ReportRepository
+
+REPLAY_BATCH = 500
 
 
 class ReportService:
-    """Queries: the plain tutorial query, get, list, search and ping."""
+    """Requests (the plain tutorial query, get, list, search, ping, put, remove) and the
+    change feed's subscriptions, on the repository and the feed it is given."""
 
     def __init__(self, repository: ReportRepository, feed: ChangeFeed) -> None:
-        self.repository = repository
-        self.feed = feed
+        self._repository = repository
+        self._feed = feed
 
     async def plain(self, name: str) -> dict[str, str]:
-        return report_reply(await self.feed.report(name))
+        return report_reply(await self._feed.report(name))
 
     async def get(self, request: Get) -> GetReply:
-        report = await self.feed.report(request.name)
+        report = await self._feed.report(request.name)
         if report is None:
             raise RequestError("not_found", f"no report named {request.name!r}")
         return GetReply(request.id, report_out(report))
@@ -48,36 +52,77 @@ class ReportService:
         before = _cursor(request.cursor)
         text = request.q if isinstance(request, Search) else None
         started = time.perf_counter()
-        found = await self.repository.recent_reports(
+        found = await self._repository.recent_reports(
             limit=request.limit + 1, before=before, text=text
         )
-        QUERY_SECONDS.observe(time.perf_counter() - started)
+        query_done(started)
         more = len(found) > request.limit
         found = found[: request.limit]
         cursor = str(found[-1].version) if more else None
         return PageReply(request.id, Page([report_out(r) for r in found], cursor))
 
     def ping(self, request: Ping) -> PongReply:
-        return PongReply(request.id, Pong(True, self.feed.version or 0))
+        return PongReply(request.id, Pong(True, self.version or 0))
 
     async def put(self, request: Put) -> GetReply:
         try:
             report = NewReport(request.name, request.title, request.content)
         except ValueError as error:
             raise RequestError("invalid_request", str(error)) from None
-        await self.repository.add_reports([report], replace=True)
-        self.feed.written()
-        stored = await self.repository.get_report(name=request.name)
+        await self._repository.add_reports([report], replace=True)
+        self._feed.written()
+        stored = await self._repository.get_report(name=request.name)
         if stored is None:  # removed by another writer in between
             raise RequestError("not_found", f"no report named {request.name!r}")
         return GetReply(request.id, report_out(stored))
 
     async def remove(self, request: Remove) -> RemoveReply:
-        version = await self.repository.remove_report(name=request.name)
-        self.feed.written()
+        version = await self._repository.remove_report(name=request.name)
+        self._feed.written()
         if version is None:
             raise RequestError("not_found", f"no report named {request.name!r}")
         return RemoveReply(request.id, Removed(request.name, version))
+
+    # -- subscriptions ---------------------------------------------------------------------
+
+    @property
+    def version(self) -> int | None:
+        """The latest change this process has applied; None before the feed's first read."""
+        return self._feed.version
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Deliver every change applied from now on to ``subscriber``."""
+        self._feed.add(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self._feed.discard(subscriber)
+
+    async def bounds(self) -> tuple[int, int]:
+        """(oldest, latest) version a subscription may resume from; (0, 0) when none."""
+        return await self._repository.changelog_bounds()
+
+    async def replay(
+        self, since: int, *, upto: int, names: Collection[str] | None, most: int
+    ) -> list[Change]:
+        """The changes after ``since`` up to ``upto`` (to ``names`` if given), oldest first.
+
+        A RequestError when there are more than ``most``: the client fetches again instead.
+        """
+        found: list[Change] = []
+        while True:
+            batch = await self._repository.changes_since(
+                since, limit=REPLAY_BATCH, upto=upto, names=names
+            )
+            found.extend(batch)
+            if len(found) > most:
+                raise RequestError(
+                    "invalid_request",
+                    f"more than {most} changes since {since}: "
+                    "fetch the reports again and subscribe without since",
+                )
+            if len(batch) < REPLAY_BATCH:
+                return found
+            since = batch[-1].version
 
 
 def _cursor(cursor: str | None) -> int | None:

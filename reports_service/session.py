@@ -1,22 +1,15 @@
-"""One /reports connection: its requests, its subscription and its bounded outgoing queue."""
+"""One /reports connection: its requests and its subscription; replies go through its outbox."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
-from falcon import WebSocketDisconnected
-
-from . import tasks, transport
 from .errors import DatabaseUnavailable, ServiceError
-from .feed import ChangeFeed
-from .limits import Tracked
-from .metrics import CLOSES, MESSAGE_TALLY, REPLY_TALLY
+from .metrics import MESSAGE_TALLY, REPLY_TALLY
+from .outbox import Outbox, Peer
 from .protocol import (
-    BINARY,
     REPORT_NOT_FOUND,
-    TEXT,
     UNAVAILABLE,
     AnyRequest,
     Get,
@@ -43,14 +36,11 @@ from .service import ReportService
 
 logger = logging.getLogger("reports_service.session")
 
-SLOW_CONSUMER = 4001
-REPLAY_BATCH = 500
-
 
 class ReportsSession:
     """Answers one connection's messages and pushes the changes it subscribed to."""
 
-    # NOTE: one lives as long as each connection: slots (memory per idle connection).
+    # NOTE: one per connection, so slots (see resources.connection.Connection on memory).
     __slots__ = (
         "_binary",
         "_can_write",
@@ -58,43 +48,30 @@ class ReportsSession:
         "_held",
         "_names",
         "_outbox",
+        "_peer",
         "_queue_size",
-        "_send_timeout",
-        "_sender",
         "_service",
         "_subscribed",
-        "_tracked",
-        "closed_slow",
     )
 
     def __init__(
         self,
-        tracked: Tracked,
+        peer: Peer,
         service: ReportService,
         *,
         queue_size: int,
-        send_timeout: float,
         can_write: bool = False,
     ) -> None:
-        self._tracked = tracked
+        self._peer = peer
         self._can_write = can_write
-        self._send_timeout = send_timeout
         self._service = service
         self._queue_size = queue_size
-        # NOTE: made on the first push: most connections never subscribe, and an idle
-        #   connection's memory is the budget that matters (see benchmarks/).
-        self._outbox: asyncio.Queue[tuple[Any, bool]] | None = None
-        self._sender: asyncio.Task[None] | None = None
+        self._outbox: Outbox | None = None  # NOTE: made on the first push: most never subscribe
         self._names: set[str] | None = None  # None: every report
         self._subscribed = False
         self._held: list[Change] | None = None  # live changes held back while replaying
         self._delivered = 0
         self._binary = False
-        self.closed_slow = False
-
-    @property
-    def _feed(self) -> ChangeFeed:
-        return self._service.feed
 
     # -- requests --------------------------------------------------------------------------
 
@@ -168,25 +145,24 @@ class ReportsSession:
             self._names = None if names is None or self._names is None else self._names | names
             self._reply_subscription(request.id, binary)
             return
-        if self._feed.version is None:
+        if self._service.version is None:
             # NOTE: the feed has not read the changelog yet (database down at start-up): a
             #   subscription now could not say which changes it will get.
             raise DatabaseUnavailable("the change feed is not ready")
         self._binary, self._names, self._subscribed = binary, names, True
-        self._tracked.keep_alive = True  # NOTE: a subscriber is never closed for idling
-        self._delivered = self._feed.version or 0
+        self._peer.subscribed = True  # NOTE: a subscriber is never closed for idling
+        self._delivered = self._service.version or 0
         self._held = [] if request.since is not None else None
-        self._feed.add(self)
-        self._ensure_sender()
+        self._service.subscribe(self)
         if request.since is None:
             self._reply_subscription(request.id, binary)
             return
         # NOTE: registered first, then read: a change committed meanwhile is both held and
         #   replayed, and the version check in deliver() drops the second copy.
         try:
-            oldest, latest = await self._service.repository.changelog_bounds()
+            oldest, latest = await self._service.bounds()
             resync = request.since > latest or request.since < oldest - 1
-            replay = [] if resync else await self._read_replay(request.since, latest)
+            replay = [] if resync else await self._replay(request.since, latest)
         except BaseException:
             self._stop_subscription()
             raise
@@ -200,22 +176,9 @@ class ReportsSession:
         for change in held:
             self.deliver(change)
 
-    async def _read_replay(self, since: int, upto: int) -> list[Change]:
-        found: list[Change] = []
-        while True:
-            batch = await self._service.repository.changes_since(
-                since, limit=REPLAY_BATCH, upto=upto, names=self._names
-            )
-            found.extend(batch)
-            if len(found) > self._queue_size:
-                raise RequestError(
-                    "invalid_request",
-                    f"more than {self._queue_size} changes since {since}: "
-                    "fetch the reports again and subscribe without since",
-                )
-            if len(batch) < REPLAY_BATCH:
-                return found
-            since = batch[-1].version
+    async def _replay(self, since: int, upto: int) -> list[Change]:
+        most = self._queue_size
+        return await self._service.replay(since, upto=upto, names=self._names, most=most)
 
     def _reply_subscription(self, rid: Any, binary: bool) -> None:
         names = None if self._names is None else sorted(self._names)
@@ -235,20 +198,17 @@ class ReportsSession:
         if self._subscribed:
             self._reply_subscription(request.id, binary)
         else:
-            reply = SubscriptionReply(request.id, Subscription([], self._feed.version or 0))
+            reply = SubscriptionReply(request.id, Subscription([], self._service.version or 0))
             self._push(reply, binary)
 
     def _stop_subscription(self) -> None:
-        self._feed.discard(self)
+        self._service.unsubscribe(self)
         self._subscribed, self._names, self._held = False, None, None
-        self._tracked.keep_alive = False
-
-    def subscribed(self) -> bool:
-        return self._subscribed
+        self._peer.subscribed = False
 
     @property
     def queue_depth(self) -> int:
-        return self._outbox.qsize() if self._outbox is not None else 0
+        return self._outbox.depth if self._outbox is not None else 0
 
     def deliver(self, change: Change) -> None:
         if not self._subscribed or (
@@ -267,48 +227,20 @@ class ReportsSession:
 
     def _push(self, message: Any, binary: bool | None = None) -> None:
         """Queue a message: events in the subscription's format, replies in the request's."""
-        if self.closed_slow:
-            return
-        outbox = self._ensure_sender()
-        try:
-            outbox.put_nowait((message, self._binary if binary is None else binary))
-        except asyncio.QueueFull:
+        if not self._ensure_outbox().push(message, self._binary if binary is None else binary):
             self._overflow()
 
-    def _overflow(self) -> None:
-        # NOTE: a subscriber that cannot keep up is dropped, not waited for: the feed must
-        #   never block on one connection. It reconnects and resumes with `since`.
-        self.closed_slow = True
-        self._stop_subscription()
-        logger.info("closing slow subscriber (%d messages queued)", self.queue_depth)
-        if self._sender is not None:
-            self._sender.cancel()
-        asyncio.get_running_loop().create_task(self._close_slow())
-
-    async def _close_slow(self) -> None:
-        CLOSES.labels(str(SLOW_CONSUMER)).inc()
-        reason = "too slow: reconnect and resume with since"
-        await transport.close(self._tracked.ws, SLOW_CONSUMER, reason, self._send_timeout)
-
-    def _ensure_sender(self) -> asyncio.Queue[tuple[Any, bool]]:
+    def _ensure_outbox(self) -> Outbox:
         if self._outbox is None:
             # NOTE: one more than the limit of events: the subscription reply that precedes them
-            self._outbox = asyncio.Queue(self._queue_size + 1)
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.get_running_loop().create_task(self._send_loop(self._outbox))
+            self._outbox = Outbox(self._peer, self._queue_size + 1, self._stop_subscription)
         return self._outbox
 
-    async def _send_loop(self, outbox: asyncio.Queue[tuple[Any, bool]]) -> None:
-        while True:
-            message, binary = await outbox.get()
-            kind = BINARY if binary else TEXT
-            try:
-                await self._tracked.send(message, kind)
-            except WebSocketDisconnected:
-                self._stop_subscription()
-                return
+    def _overflow(self) -> None:
+        self._stop_subscription()
+        self._ensure_outbox().close_slow()
 
     async def close(self) -> None:
         self._stop_subscription()
-        if self._sender is not None:
-            await tasks.cancel(self._sender)
+        if self._outbox is not None:
+            await self._outbox.close()

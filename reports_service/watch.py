@@ -12,10 +12,11 @@ import logging
 import sqlite3
 import time
 from typing import Any, Protocol
-from urllib.parse import quote
 
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .db import connect_sqlite, is_busy
 from .errors import DatabaseUnavailable
 
 CHANNEL = "report_changes"
@@ -51,11 +52,7 @@ class SQLiteWatcher:
         try:
             # NOTE: the standard library's driver, in the event loop's thread: the pragma reads
             #   a counter in shared memory, far cheaper than a hop to aiosqlite's thread.
-            #   mode=rw: never create a database that is not there.
-            uri = f"file:{quote(self._path)}?mode=rw"
-            self._conn = sqlite3.connect(
-                uri, uri=True, timeout=1.0, isolation_level=None, check_same_thread=False
-            )
+            self._conn = connect_sqlite(self._path, mode="rw")
         except sqlite3.Error as error:
             raise DatabaseUnavailable.from_error(error) from error
         self._last = None
@@ -66,6 +63,8 @@ class SQLiteWatcher:
         try:
             (value,) = self._conn.execute("PRAGMA data_version").fetchone()
         except sqlite3.Error as error:
+            if is_busy(error):
+                return True  # NOTE: cannot tell: the feed reads the changelog, which may wait
             self._conn.close()
             self._conn = None
             raise DatabaseUnavailable.from_error(error) from error
@@ -135,3 +134,10 @@ class PostgresWatcher:
             conn, self._conn = self._conn, None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 2)
+
+
+def watcher_for(engine: AsyncEngine) -> CommitWatcher:
+    """When the change feed should read: data_version on SQLite, LISTEN on PostgreSQL."""
+    if engine.dialect.name == "postgresql":
+        return PostgresWatcher(engine.url)
+    return SQLiteWatcher(engine.url.database or "")

@@ -5,10 +5,10 @@ from typing import Any
 
 from ..errors import ServiceError
 from ..feed import ChangeFeed
-from ..limits import ConnectionRegistry, TokenGuard
 from ..metrics import process_exited
 from ..migrate import head_revision
 from ..repository import ReportRepository
+from ..resources.registry import ConnectionRegistry, TokenGuard
 
 logger = logging.getLogger("reports_service")
 

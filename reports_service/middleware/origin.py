@@ -6,7 +6,8 @@ from urllib.parse import urlsplit
 from falcon import WebSocketDisconnected
 from falcon.asgi import Request, WebSocket
 
-from ..metrics import CLOSES
+from ..codes import Close
+from ..metrics import count_close
 
 logger = logging.getLogger("reports_service.origin")
 
@@ -29,9 +30,9 @@ class OriginMiddleware:
         if origin is None or self._any or self.allowed(origin, req.host, req.port):
             return
         logger.info("refused a handshake from origin %.100r", origin)
-        CLOSES.labels("403").inc()
+        count_close("403")
         await ws.close()  # NOTE: before accept, so the client gets HTTP 403
-        raise WebSocketDisconnected(1008)
+        raise WebSocketDisconnected(Close.POLICY_VIOLATION)
 
     def allowed(self, origin: str, host: str, port: int) -> bool:
         normalized = origin.strip().rstrip("/").lower()

@@ -4,8 +4,9 @@ from typing import Any
 
 from falcon.asgi import Request
 
-from ..protocol import Payload, ProtocolError, echo_reply
-from .connection import Connection, WebSocketRoute
+from ..protocol import Payload, ProtocolError, echo_reply, plain_rate_limited
+from .connection import Connection
+from .route import WebSocketRoute
 
 
 class EchoResource(WebSocketRoute[None]):
@@ -18,7 +19,7 @@ class EchoResource(WebSocketRoute[None]):
 
     async def answer(self, state: None, conn: Connection, payload: Payload) -> Any:
         if wait := conn.throttle():
-            return {"error": "rate limited", "retry_after": round(wait, 3)}
+            return plain_rate_limited(wait)
         try:
             return echo_reply(payload)
         except ProtocolError as error:

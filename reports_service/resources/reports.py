@@ -5,12 +5,13 @@ from typing import Any
 from falcon.asgi import Request
 
 from ..config import Settings
-from ..limits import ConnectionRegistry
 from ..protocol import Payload, rate_limited
 from ..records import TokenInfo
 from ..service import ReportService
 from ..session import ReportsSession
-from .connection import Connection, WebSocketRoute
+from .connection import Connection
+from .registry import ConnectionRegistry
+from .route import WebSocketRoute
 
 
 class ReportsResource(WebSocketRoute[ReportsSession]):
@@ -30,7 +31,7 @@ class ReportsResource(WebSocketRoute[ReportsSession]):
 
     def open(self, req: Request, conn: Connection) -> ReportsSession:
         # NOTE: taken off the request, which lives as long as the connection: the session and
-        #   the connection keep what they need of it (memory per idle connection).
+        #   the connection keep what they need of it.
         token: TokenInfo | None = getattr(req.context, "token", None)
         if token is not None:
             del req.context.token
@@ -38,7 +39,6 @@ class ReportsResource(WebSocketRoute[ReportsSession]):
             conn,
             self._service,
             queue_size=self._settings.subscriber_queue,
-            send_timeout=self._settings.send_timeout,
             can_write=bool(token and token.can_write),
         )
 

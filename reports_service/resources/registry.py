@@ -1,0 +1,167 @@
+"""The open WebSocket connections of this process: caps, the watchdog, revoked tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+
+from .. import metrics, tasks, transport
+from ..codes import Close
+from ..config import Settings
+from ..errors import ServiceError
+from ..limits import Refused
+from ..metrics import CONNECTIONS
+from ..repository import ReportRepository
+from .connection import Connection, close
+
+logger = logging.getLogger("reports_service.limits")
+
+
+class ConnectionRegistry:
+    """The open WebSocket connections of this process, capped in all and per token.
+
+    A watchdog closes connections idle for ``idle_timeout`` (1001) and drops those whose
+    peer stopped reading for ``send_timeout``.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_total: int,
+        max_per_token: int,
+        idle_timeout: float = 0.0,
+        send_timeout: float = 10.0,
+    ) -> None:
+        self.max_total = max_total
+        self.max_per_token = max_per_token
+        self._idle_timeout = idle_timeout
+        self._send_timeout = send_timeout
+        self._open: set[Connection] = set()
+        self._per_token: Counter[str] = Counter()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def full(self) -> bool:
+        return len(self._open) >= self.max_total
+
+    def admit(self, conn: Connection) -> None:
+        """Counts ``conn`` until :meth:`release`; raises Refused over a limit."""
+        if self.full():
+            raise Refused(Close.TRY_AGAIN_LATER, "server full: too many connections")
+        token = conn.token
+        if token is not None and self._per_token[token] >= self.max_per_token:
+            raise Refused(Close.POLICY_VIOLATION, "too many connections for this token")
+        self._open.add(conn)
+        if token is not None:
+            self._per_token[token] += 1
+        CONNECTIONS.labels(conn.route).inc()
+
+    def release(self, conn: Connection) -> None:
+        """No longer counts ``conn`` (admitted before)."""
+        CONNECTIONS.labels(conn.route).dec()
+        self._open.remove(conn)
+        token = conn.token
+        if token is not None:
+            self._per_token[token] -= 1
+            if not self._per_token[token]:
+                del self._per_token[token]
+
+    def tokens(self) -> list[str]:
+        return list(self._per_token)
+
+    def with_token(self, token: str) -> list[Connection]:
+        return [conn for conn in self._open if conn.token == token]
+
+    async def start(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = tasks.spawn(self._watch(), name="connection-watchdog")
+
+    async def stop(self) -> None:
+        if self._watchdog is not None:
+            await tasks.cancel(self._watchdog)
+            self._watchdog = None
+
+    async def _watch(self) -> None:
+        limits = [t for t in (self._idle_timeout, self._send_timeout) if t > 0]
+        tick = min(1.0, max(0.05, min(limits, default=1.0) / 4))
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for conn in list(self._open):
+                self._check(conn, now)
+            metrics.flush()  # NOTE: housekeeping of the same kind: every worker, every tick
+
+    def _check(self, conn: Connection, now: float) -> None:
+        if conn.sending_since and now - conn.sending_since > self._send_timeout > 0:
+            conn.sending_since = 0.0
+            transport.abort(conn.ws)
+        elif (
+            self._idle_timeout > 0
+            and now - conn.last_seen > self._idle_timeout
+            and not conn.subscribed
+        ):
+            conn.last_seen = now
+            logger.info("closing an idle connection on %s", conn.route)
+            closing = close(conn.ws, Close.GOING_AWAY, "idle timeout", self._send_timeout)
+            tasks.spawn(closing, name="close-idle")
+
+
+class TokenGuard:
+    """Closes connections whose token was revoked, within ``interval`` seconds."""
+
+    def __init__(
+        self,
+        repository: ReportRepository,
+        registry: ConnectionRegistry,
+        *,
+        interval: float,
+        send_timeout: float,
+    ) -> None:
+        self._repository = repository
+        self._registry = registry
+        self._interval = interval
+        self._send_timeout = send_timeout
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is None and self._interval > 0:
+            self._task = tasks.spawn(self._run(), name="token-guard")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            await tasks.cancel(self._task)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            names = self._registry.tokens()
+            if not names:
+                continue
+            try:
+                revoked = await self._repository.revoked_tokens(names)
+            except ServiceError as error:
+                logger.warning("cannot check for revoked tokens: %s", error)
+                continue
+            await self._close(revoked)
+
+    async def _close(self, revoked: list[str]) -> None:
+        # NOTE: all at once: one peer that does not read its close frame must not hold up the
+        #   others for a send timeout each.
+        closing = []
+        for name in revoked:
+            for conn in self._registry.with_token(name):
+                logger.info("closing a connection of revoked token %r", name)
+                reason = "token revoked"
+                closing.append(close(conn.ws, Close.POLICY_VIOLATION, reason, self._send_timeout))
+        await asyncio.gather(*closing)
+
+
+def registry_for(settings: Settings) -> ConnectionRegistry:
+    return ConnectionRegistry(
+        max_total=settings.max_connections,
+        max_per_token=settings.max_connections_per_token,
+        idle_timeout=settings.idle_timeout,
+        send_timeout=settings.send_timeout,
+    )

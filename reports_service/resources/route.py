@@ -1,0 +1,92 @@
+"""What every WebSocket route does around its messages: admit, count, receive within limits."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar, Generic, TypeVar
+
+from falcon import WebSocketDisconnected
+from falcon.asgi import Request, WebSocket
+
+from .. import transport
+from ..codes import Close
+from ..config import Settings
+from ..limits import Refused
+from ..metrics import count_close
+from ..protocol import Payload, payload_type
+from .connection import Connection
+from .registry import ConnectionRegistry
+
+logger = logging.getLogger("reports_service.ws")
+
+S = TypeVar("S")
+
+
+class WebSocketRoute(Generic[S]):
+    """A WebSocket route: admits the connection within the caps, counts it while served,
+    receives within the limits and closes it when refused. Subclasses answer the messages.
+
+    NOTE: an idle connection waits in :meth:`_receive` with no other frame, task or context
+    manager of ours (see :class:`Connection` on memory per idle connection).
+    """
+
+    route: ClassVar[str]
+
+    def __init__(self, registry: ConnectionRegistry, settings: Settings) -> None:
+        self._registry = registry
+        self._settings = settings
+
+    def open(self, req: Request, conn: Connection) -> S:
+        """The connection's state (a session), once admitted."""
+        raise NotImplementedError
+
+    async def answer(self, state: S, conn: Connection, payload: Payload) -> Any:
+        """The reply to one message, or None for none."""
+        raise NotImplementedError
+
+    async def finish(self, state: S) -> None:
+        """The connection is over (its state was made by :meth:`open`)."""
+
+    def token_name(self, req: Request) -> str | None:
+        """The token the connection counts against (its per-token cap), if any."""
+        return None
+
+    async def on_websocket(self, req: Request, ws: WebSocket) -> None:
+        if ws.unaccepted:
+            await ws.accept()
+        transport.trim(req, ws)
+        conn = Connection(ws, self.route, self._settings, self.token_name(req))
+        try:
+            await self._serve(req, conn)
+        except Refused as refused:
+            logger.info("closing connection on %s: %s", self.route, refused.reason)
+            await conn.close(refused.code, refused.reason)
+        finally:
+            logger.info("websocket closed on %s", self.route)
+
+    async def _serve(self, req: Request, conn: Connection) -> None:
+        self._registry.admit(conn)
+        try:
+            state = self.open(req, conn)
+            try:
+                await self._receive(state, conn)
+            finally:
+                await self.finish(state)
+        finally:
+            self._registry.release(conn)
+
+    async def _receive(self, state: S, conn: Connection) -> None:
+        while True:
+            try:
+                payload = await conn.ws.receive_media()
+            except WebSocketDisconnected as disconnected:
+                count_close(disconnected.code)
+                return
+            assert isinstance(payload, str | bytes)
+            if not conn.received(payload):
+                await conn.close(Close.MESSAGE_TOO_BIG, "message too big")
+                return
+            reply = await self.answer(state, conn, payload)
+            if reply is not None:
+                await conn.send(reply, payload_type(payload))
+            del payload, reply  # NOTE: not kept while waiting for the next message
