@@ -28,7 +28,7 @@ ensure_postgres() {
     export REPORTS_TEST_POSTGRES_URL="${REPORTS_TEST_POSTGRES_URL:-$pg_url_default}"
     # A freshly installed server asks for a password on TCP; trust the loopback for tests, as
     # the project's machines do.
-    if ! .venv/bin/python - <<'PY' 2>/dev/null
+    if ! "${venv:-.venv}/bin/python" - <<'PY' 2>/dev/null
 import asyncio, os, asyncpg
 from sqlalchemy.engine import make_url
 u = make_url(os.environ["REPORTS_TEST_POSTGRES_URL"])
