@@ -55,15 +55,9 @@ from reports_service.repository import ReportRepository, repository_for
 
 from .conftest import TOKEN, TUTORIAL, WRITE_TOKEN
 from .databases import PostgresTemplate, SQLiteTemplate, backends
+from .rawws import INVALID_DATA, RawWebSocket, raw_connection, read_response_head, request_bytes
+from .rawws import TEXT as TEXT_OPCODE
 from .server import Server
-from .test_conformance import (
-    INVALID_DATA,
-    RawWebSocket,
-    raw_connection,
-    read_response_head,
-    request_bytes,
-)
-from .test_conformance import TEXT as TEXT_OPCODE
 
 T = TypeVar("T")
 
