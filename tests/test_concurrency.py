@@ -34,7 +34,7 @@ async def test_concurrent_writers_and_readers_lose_nothing(
     while not done.done():
         assert await repository.get_report(name="report1") is not None
         reads += 1
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # NOTE: paces the reads while the writers run; waits for nothing
     await done
     errors = [(await w.stderr.read()).decode() for w in writers if w.stderr is not None]
     assert [w.returncode for w in writers] == [0] * WRITERS, errors

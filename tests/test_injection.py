@@ -9,7 +9,7 @@ and in MessagePack. What is stored comes back exactly; what cannot be stored is 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import hypothesis
@@ -27,6 +27,7 @@ from reports_service.repository import ReportRepository
 from reports_service.watch import PostgresWatcher
 
 from .conftest import TOKEN, TUTORIAL, WRITE_TOKEN
+from .waiting import eventually
 from .wire import Wire
 
 TUTORIAL_NAMES = [r.name for r in TUTORIAL]
@@ -435,8 +436,17 @@ async def test_any_name_round_trips(
 NOTIFY_LATENCY = 0.2  # seconds; PostgreSQL delivers NOTIFY asynchronously, with no bound
 
 
-def _late_notify(self: PostgresWatcher, *_args: object) -> None:
-    asyncio.get_running_loop().call_later(NOTIFY_LATENCY, setattr, self, "_notified", True)
+def late_notify(landed: set[str]) -> Callable[..., None]:
+    """PostgresWatcher._on_notify, NOTIFY_LATENCY late; adds each version to ``landed``."""
+
+    def on_notify(self: PostgresWatcher, *args: object) -> None:
+        def land() -> None:
+            self._notified = True
+            landed.add(str(args[-1]))
+
+        asyncio.get_running_loop().call_later(NOTIFY_LATENCY, land)
+
+    return on_notify
 
 
 async def test_a_write_is_read_back_at_once(
@@ -446,18 +456,24 @@ async def test_a_write_is_read_back_at_once(
     repository: ReportRepository,
 ) -> None:
     # NOTE: a slow notification, as under load; SQLite's watcher is not affected.
-    monkeypatch.setattr(PostgresWatcher, "_on_notify", _late_notify)
+    landed: set[str] = set()
+    monkeypatch.setattr(PostgresWatcher, "_on_notify", late_notify(landed))
+
+    async def notification_landed(version: int) -> None:
+        if is_postgres(settings):
+            await eventually(lambda: str(version) in landed)
+
     app = create_app(settings)
     # NOTE: nothing raises inside the conductor: it would skip the app's shutdown.
     async with ASGIConductor(app) as conductor, conductor.simulate_ws("/reports") as ws:
         await ws.send_text(WRITE_TOKEN)
         wire = Wire(ws, binary=False)
-        await wire.call({"type": "put", "name": "cached", "title": "v1"})
-        await asyncio.sleep(2 * NOTIFY_LATENCY)
+        put = await wire.call({"type": "put", "name": "cached", "title": "v1"})
+        await notification_landed(put["result"]["version"])
         settled = await wire.call({"type": "get", "name": "cached"})  # now cached
-        await wire.call({"type": "remove", "name": "cached"})
+        removed = await wire.call({"type": "remove", "name": "cached"})
         after_remove = await wire.call({"id": 1, "type": "get", "name": "cached"})
-        await asyncio.sleep(2 * NOTIFY_LATENCY)
+        await notification_landed(removed["result"]["version"])
         await wire.call({"type": "get", "name": "cached"})  # not found, cached as such
         await wire.call({"type": "put", "name": "cached", "title": "v2"})
         after_put = await wire.call({"id": 2, "type": "get", "name": "cached"})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +12,7 @@ from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
 from .conftest import TOKEN, WRITE_TOKEN
+from .waiting import eventually
 from .wire import Wire
 
 
@@ -119,8 +119,14 @@ async def test_unsubscribe_stops_pushes(wire: Wire, repository: ReportRepository
     reply = await wire.call({"id": 2, "type": "unsubscribe"})
     assert reply == {"id": 2, "result": {"names": [], "version": 4}}
     await repository.add_reports([NewReport("quiet", "Q", "")])
-    await asyncio.sleep(0.2)
-    assert (await wire.call({"id": 3, "type": "ping"}))["id"] == 3
+
+    async def feed_has_read() -> bool:
+        reply = await wire.call({"id": 3, "type": "ping"})
+        assert reply["id"] == 3, reply  # not a push
+        return bool(reply["result"]["version"] == 5)
+
+    await eventually(feed_has_read)  # NOTE: a push would have been queued before this reply
+    assert (await wire.call({"id": 4, "type": "ping"}))["id"] == 4
 
 
 async def test_unsubscribe_some_names(wire: Wire, repository: ReportRepository) -> None:
