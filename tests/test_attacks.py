@@ -75,9 +75,9 @@ async def test_oversized_frames_do_not_grow_memory(server: Server) -> None:
 
 
 async def test_client_that_never_reads_is_dropped(
-    make_server: Callable[..., Server], repository: ReportRepository
+    make_server: Callable[..., Server], seeded_repository: ReportRepository
 ) -> None:
-    await repository.add_reports([NewReport("big", "Big", "x" * 60_000)])
+    await seeded_repository.add_reports([NewReport("big", "Big", "x" * 60_000)])
     server = make_server(send_timeout=str(SEND_TIMEOUT), rate_limit="0")
     stalled = await websockets.connect(server.url + "/reports", max_queue=1, max_size=None)
     await stalled.send(TOKEN)
@@ -103,9 +103,9 @@ async def test_client_that_never_reads_is_dropped(
 
 
 async def test_sigterm_with_a_stalled_client_still_exits(
-    make_server: Callable[..., Server], repository: ReportRepository
+    make_server: Callable[..., Server], seeded_repository: ReportRepository
 ) -> None:
-    await repository.add_reports([NewReport("big", "Big", "x" * 60_000)])
+    await seeded_repository.add_reports([NewReport("big", "Big", "x" * 60_000)])
     grace = 3
     server = make_server(send_timeout="1", shutdown_grace=str(grace), rate_limit="0")
     stalled = await websockets.connect(server.url + "/reports", max_queue=1, max_size=None)
@@ -121,7 +121,7 @@ async def test_sigterm_with_a_stalled_client_still_exits(
 
 
 async def test_sigterm_loses_no_acknowledged_write(
-    make_server: Callable[..., Server], repository: ReportRepository
+    make_server: Callable[..., Server], seeded_repository: ReportRepository
 ) -> None:
     server = make_server(shutdown_grace="3")
     acknowledged: list[str] = []
@@ -139,7 +139,7 @@ async def test_sigterm_loses_no_acknowledged_write(
                     acknowledged.append(reply["result"]["name"])
     assert closed.value.rcvd is None or closed.value.rcvd.code in (1001, 1012)
     await asyncio.to_thread(server.process.wait, 10)
-    stored = {r.name for r in await repository.list_reports()}
+    stored = {r.name for r in await seeded_repository.list_reports()}
     assert set(acknowledged) <= stored
 
 

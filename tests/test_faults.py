@@ -98,7 +98,7 @@ async def test_postgres_stopped_mid_session(
     make_server: Callable[..., Server],
     db_url: str,
     db_env: dict[str, str],
-    repository: ReportRepository,
+    seeded_repository: ReportRepository,
 ) -> None:
     """PostgreSQL goes away mid-session (the proxy in front of it resets every connection and
     refuses new ones, as a stopped server does) and comes back.
@@ -175,7 +175,7 @@ async def test_postgres_stopped_mid_session(
         finally:
             await writer.close()
             await watcher.close()
-    names = {report.name for report in await repository.list_reports()}
+    names = {report.name for report in await seeded_repository.list_reports()}
     assert {"before", "offline1", "offline2", "after"} <= names
     assert "during" not in names
 
@@ -183,7 +183,7 @@ async def test_postgres_stopped_mid_session(
 async def test_postgres_outage_during_write_burst(
     make_server: Callable[..., Server],
     db_url: str,
-    repository: ReportRepository,
+    seeded_repository: ReportRepository,
 ) -> None:
     """Writers keep writing while the database goes away and comes back: every write they
     were told was saved is there, and a subscriber gets every committed change, in order."""
@@ -248,7 +248,9 @@ async def test_postgres_outage_during_write_burst(
             stop.set()
             await asyncio.wait_for(asyncio.gather(*tasks), 10)
             assert closed == []
-            stored = {report.name: report.version for report in await repository.list_reports()}
+            stored = {
+                report.name: report.version for report in await seeded_repository.list_reports()
+            }
             missing = [name for name in acked if name not in stored]
             assert missing == [], f"acknowledged but missing: {missing}"
             latest = max(stored.values())
@@ -269,7 +271,7 @@ async def test_postgres_outage_during_write_burst(
 
 
 async def test_subscribe_before_feed_has_read(
-    make_server: Callable[..., Server], db_url: str, repository: ReportRepository
+    make_server: Callable[..., Server], db_url: str, seeded_repository: ReportRepository
 ) -> None:
     """The database is down when the server starts, then comes back; a client subscribes
     before the change feed has read the latest version. It must either be refused
@@ -302,7 +304,7 @@ async def test_subscribe_before_feed_has_read(
             pytest.fail("the client never got the one connection through")
         try:
             reply = await call(ws, {"id": 1, "type": "subscribe"})
-            await repository.add_reports([NewReport("fresh", "Fresh", "")])
+            await seeded_repository.add_reports([NewReport("fresh", "Fresh", "")])
             await proxy.start()
             if "error" in reply:
                 assert reply["error"] == UNAVAILABLE
@@ -327,7 +329,7 @@ async def test_sqlite_locked_longer_than_busy_timeout(
     make_server: Callable[..., Server],
     db_url: str,
     db_env: dict[str, str],
-    repository: ReportRepository,
+    seeded_repository: ReportRepository,
 ) -> None:
     """Another process's connection holds SQLite's write lock (BEGIN IMMEDIATE and a write)
     for longer than the busy timeout (BUSY_TIMEOUT), then rolls back.
@@ -395,7 +397,7 @@ async def test_sqlite_locked_longer_than_busy_timeout(
     finally:
         for ws in (writer, reader, watcher):
             await ws.close()
-    names = {report.name for report in await repository.list_reports()}
+    names = {report.name for report in await seeded_repository.list_reports()}
     assert {"before", "during", "seedafter"} <= names
     assert "seedlocked" not in names
 
@@ -460,7 +462,7 @@ def run_unprivileged_cli(env: Mapping[str, str], *args: str) -> subprocess.Compl
 async def test_sqlite_file_unreadable(
     db_url: str,
     db_env: dict[str, str],
-    repository: ReportRepository,
+    seeded_repository: ReportRepository,
     tmp_path: Path,
 ) -> None:
     """The database file loses its read permission (chmod 000) while servers run, then gets
@@ -590,6 +592,6 @@ async def test_sqlite_file_unreadable(
             await ws.close()
         for srv in servers:
             await asyncio.to_thread(srv.stop)
-    names = {report.name for report in await repository.list_reports()}
+    names = {report.name for report in await seeded_repository.list_reports()}
     assert {"before", "pooled", "after"} <= names
     assert not {"x", "seedblocked"} & names

@@ -56,27 +56,27 @@ async def noticed(settings: Settings, other: ReportRepository, notified: set[str
 
 
 async def test_queries_arriving_during_a_catch_up_share_its_read(
-    repository: ReportRepository,
+    seeded_repository: ReportRepository,
     other: ReportRepository,
     settings: Settings,
     notified: set[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    feed = await started_feed(repository, cache_bytes=1 << 20)
+    feed = await started_feed(seeded_repository, cache_bytes=1 << 20)
     try:
         assert (await feed.report("report1")) is not None  # cached now
         await other.add_reports([NewReport("report1", "Changed", "elsewhere")], replace=True)
         await noticed(settings, other, notified)
 
         reads = 0
-        changes_since = repository.changes_since
+        changes_since = seeded_repository.changes_since
 
         async def counted(*args: object, **kwargs: object) -> object:
             nonlocal reads
             reads += 1
             return await changes_since(*args, **kwargs)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(repository, "changes_since", counted)
+        monkeypatch.setattr(seeded_repository, "changes_since", counted)
         answers = await asyncio.gather(*(feed.report("report1") for _ in range(64)))
         # Every query started after the commit, so every one sees it ...
         assert {a.title if a else None for a in answers} == {"Changed"}
@@ -88,16 +88,16 @@ async def test_queries_arriving_during_a_catch_up_share_its_read(
 
 
 async def test_cache_stays_within_its_budget_and_correct(
-    repository: ReportRepository,
+    seeded_repository: ReportRepository,
     other: ReportRepository,
     settings: Settings,
     notified: set[str],
 ) -> None:
-    await repository.add_reports(
+    await seeded_repository.add_reports(
         [NewReport(f"r{i:02}", f"Title {i:02}", "x" * 20) for i in range(40)]
     )
     budget = 5 * (ENTRY_OVERHEAD + 30)  # room for about five of them
-    feed = await started_feed(repository, cache_bytes=budget)
+    feed = await started_feed(seeded_repository, cache_bytes=budget)
     try:
         for _ in range(2):
             for i in range(40):
@@ -126,12 +126,12 @@ async def test_cache_stays_within_its_budget_and_correct(
 
 
 async def test_no_cache_reads_every_time(
-    repository: ReportRepository,
+    seeded_repository: ReportRepository,
     other: ReportRepository,
     settings: Settings,
     notified: set[str],
 ) -> None:
-    feed = await started_feed(repository, cache_bytes=0)
+    feed = await started_feed(seeded_repository, cache_bytes=0)
     try:
         assert (await feed.report("report2")) is not None
         assert feed.cached_bytes == 0

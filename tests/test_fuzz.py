@@ -723,10 +723,10 @@ def test_subscription_reply_comes_in_the_request_format(
 
 
 async def test_resume_with_as_many_changes_as_the_queue_holds(
-    settings: Settings, repository: ReportRepository
+    settings: Settings, seeded_repository: ReportRepository
 ) -> None:
     queue = 5
-    await repository.add_reports([NewReport(f"new{n}", "New", "") for n in range(queue)])
+    await seeded_repository.add_reports([NewReport(f"new{n}", "New", "") for n in range(queue)])
     app = create_app(dataclasses.replace(settings, subscriber_queue=queue))
     received: list[Any] = []
     # NOTE: nothing raises inside the conductor: it would skip the app's shutdown.

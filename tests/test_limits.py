@@ -22,7 +22,9 @@ StartApp = Callable[..., Awaitable[ASGIConductor]]
 
 
 @pytest.fixture
-async def app_with(settings: Settings, repository: ReportRepository) -> AsyncIterator[StartApp]:
+async def app_with(
+    settings: Settings, seeded_repository: ReportRepository
+) -> AsyncIterator[StartApp]:
     """Start an app with some settings changed; it is stopped after the test."""
     async with AsyncExitStack() as apps:
 
@@ -80,14 +82,14 @@ async def test_oversized_message_closes_1009(
 
 
 async def test_token_revoked_while_connected_is_closed(
-    app_with: StartApp, repository: ReportRepository
+    app_with: StartApp, seeded_repository: ReportRepository
 ) -> None:
     conductor = await app_with(token_recheck=0.1)
     async with connect(conductor, "/reports") as ws:
         await ws.send_text(TOKEN)
         await ws.send_text(json.dumps({"id": 1, "type": "subscribe"}))
         assert (await ws.receive_json())["id"] == 1
-        await repository.revoke_token(name="test")
+        await seeded_repository.revoke_token(name="test")
         started_at = asyncio.get_running_loop().time()
         assert await closed_with(ws) == 1008
         assert ws.close_reason == "token revoked"

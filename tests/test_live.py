@@ -87,7 +87,7 @@ async def test_resync_when_history_is_gone(
 
 
 async def test_stalled_subscriber_is_closed_and_does_not_delay_others(
-    make_server: Callable[..., Server], repository: ReportRepository
+    make_server: Callable[..., Server], seeded_repository: ReportRepository
 ) -> None:
     server = make_server(subscriber_queue="50", send_timeout=str(SEND_TIMEOUT))
     batches, per_batch = 60, 10
@@ -99,7 +99,7 @@ async def test_stalled_subscriber_is_closed_and_does_not_delay_others(
         lags = []
         for b in range(batches):
             batch = [NewReport(f"big{b}-{i}", "Big", "x" * 50_000) for i in range(per_batch)]
-            await repository.add_reports(batch)
+            await seeded_repository.add_reports(batch)
             committed = time.monotonic()
             events = [await recv(healthy, within=SEND_TIMEOUT) for _ in range(per_batch)]
             lags.append(time.monotonic() - committed)

@@ -116,7 +116,7 @@ async def test_json_logs_tag_each_connection(make_server: Callable[..., Server])
 
 
 async def test_pool_exhaustion_is_an_error_not_a_hang(
-    settings: Settings, repository: ReportRepository
+    settings: Settings, seeded_repository: ReportRepository
 ) -> None:
     small = repository_for(
         Settings(database_url=settings.database_url, pool_size=1, pool_timeout=0.2)

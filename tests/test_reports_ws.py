@@ -55,9 +55,9 @@ async def test_wrong_token_closes_1008(conductor: ASGIConductor) -> None:
 
 
 async def test_revoked_token_closes_1008(
-    conductor: ASGIConductor, repository: ReportRepository
+    conductor: ASGIConductor, seeded_repository: ReportRepository
 ) -> None:
-    assert await repository.revoke_token(name="test")
+    assert await seeded_repository.revoke_token(name="test")
     async with conductor.simulate_ws("/reports") as ws:
         await ws.send_text(TOKEN)
         with pytest.raises(falcon.WebSocketDisconnected):
@@ -66,7 +66,7 @@ async def test_revoked_token_closes_1008(
 
 
 async def test_no_token_in_time_closes_1008(
-    settings: Settings, repository: ReportRepository
+    settings: Settings, seeded_repository: ReportRepository
 ) -> None:
     app = create_app(Settings(database_url=settings.database_url, auth_timeout=0.2))
     async with ASGIConductor(app) as conductor, conductor.simulate_ws("/reports") as ws:
@@ -90,19 +90,19 @@ async def test_path_without_route_is_never_accepted(conductor: ASGIConductor) ->
 
 
 async def test_reads_the_database_every_time(
-    conductor: ASGIConductor, repository: ReportRepository
+    conductor: ASGIConductor, seeded_repository: ReportRepository
 ) -> None:
     async with conductor.simulate_ws("/reports") as ws:
         await ws.send_text(TOKEN)
         await ws.send_text("fresh")
         assert await ws.receive_json() == {"error": "report not found"}
-        await repository.add_reports([NewReport("fresh", "Fresh report", "new")])
+        await seeded_repository.add_reports([NewReport("fresh", "Fresh report", "new")])
         await ws.send_text("fresh")
         assert await ws.receive_json() == {"report": "Fresh report"}
-        await repository.add_reports([NewReport("fresh", "Changed", "x")], replace=True)
+        await seeded_repository.add_reports([NewReport("fresh", "Changed", "x")], replace=True)
         await ws.send_text("fresh")
         assert await ws.receive_json() == {"report": "Changed"}
-        assert await repository.remove_report(name="fresh")
+        assert await seeded_repository.remove_report(name="fresh")
         await ws.send_text("fresh")
         assert await ws.receive_json() == {"error": "report not found"}
 
