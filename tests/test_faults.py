@@ -358,11 +358,12 @@ async def test_sqlite_locked_longer_than_busy_timeout(
             other.execute("BEGIN IMMEDIATE")
             other.execute("UPDATE reports SET title = 'Uncommitted' WHERE name = 'report4'")
             started = time.monotonic()
-            during = {"id": 2, "type": "put", "name": "during", "title": "D"}
-            locked_put = asyncio.create_task(call(writer, during, within=BUSY_TIMEOUT + 5))
+            await writer.send(json.dumps({"id": 2, "type": "put", "name": "during", "title": "D"}))
+            locked_put = asyncio.create_task(recv(writer, within=BUSY_TIMEOUT + 5))
             assert (await call(reader, {"id": "r", "type": "ping"}))["result"]["pong"] is True
             assert not locked_put.done(), "the server stalls while a write waits for the lock"
             lost = await locked_put
+            assert lost["id"] == 2, lost
             took = time.monotonic() - started
             print(f"locked put answered in {took:.2f}s")
             assert lost["error"] == UNAVAILABLE, "a write was acknowledged while locked out"
