@@ -61,7 +61,8 @@ def db_env(db_url: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def repository(settings: Settings) -> AsyncIterator[ReportRepository]:
+async def seeded_repository(settings: Settings) -> AsyncIterator[ReportRepository]:
+    """The test's database with the tutorial's reports and two tokens (WRITE_TOKEN can write)."""
     repo = repository_for(settings)
     await repo.add_reports(TUTORIAL)
     await repo.create_token(name="test", token=TOKEN)
@@ -72,7 +73,7 @@ async def repository(settings: Settings) -> AsyncIterator[ReportRepository]:
 
 @pytest.fixture
 async def conductor(
-    settings: Settings, repository: ReportRepository
+    settings: Settings, seeded_repository: ReportRepository
 ) -> AsyncIterator[ASGIConductor]:
     async with ASGIConductor(create_app(settings)) as conductor:
         yield conductor
@@ -80,7 +81,7 @@ async def conductor(
 
 @pytest.fixture
 def make_server(
-    db_env: dict[str, str], repository: ReportRepository, tmp_path: Path
+    db_env: dict[str, str], seeded_repository: ReportRepository, tmp_path: Path
 ) -> Iterator[Callable[..., Server]]:
     """Start real uvicorn servers on free ports, on this test's database (seeded, with TOKEN)."""
     started: list[Server] = []

@@ -279,7 +279,7 @@ ENCODINGS = pytest.mark.parametrize("binary", [False, True], ids=["json", "msgpa
 
 @ENCODINGS
 async def test_reports_messages_match_the_document(
-    conductor: ASGIConductor, repository: ReportRepository, spec: Spec, binary: bool
+    conductor: ASGIConductor, seeded_repository: ReportRepository, spec: Spec, binary: bool
 ) -> None:
     async with conductor.simulate_ws("/reports") as ws:
         s = Session(spec, ws, binary)
@@ -326,7 +326,7 @@ async def test_reports_messages_match_the_document(
         await s.exchange(
             "receiveSubscribe", {"type": "subscribe", "id": 14, "since": 0}, "errorReply"
         )
-        await repository.add_reports([NewReport("x", "X", "c")])
+        await seeded_repository.add_reports([NewReport("x", "X", "c")])
         pushed = await s.receive()
         s.check_received("sendChanges", pushed, "reportEvent")
         assert (pushed["type"], pushed["report"]["name"]) == ("report.added", "x")

@@ -8,7 +8,6 @@ import re
 import signal
 import struct
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,28 +19,18 @@ from websockets.typing import Origin
 from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
+from .clients import open_connections, unsent_bytes
 from .conftest import TOKEN, WRITE_TOKEN
+from .rawws import open_ws
 from .server import Server
-from .test_conformance import open_ws
+from .waiting import eventually
 
-
-def open_connections(server: Server, route: str) -> float:
-    with urllib.request.urlopen(server.http + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    found = re.search(rf'reports_connections_open{{route="{route}"}} (\S+)', text)
-    return float(found.group(1)) if found else 0.0
+SEND_TIMEOUT = 4.0  # seconds; generous, so that the others' replies come well within it
 
 
 def rss_kib(server: Server) -> int:
     status = Path(f"/proc/{server.process.pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
-
-
-async def eventually(check: Callable[[], bool], within: float) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_origin_of_other_sites_is_refused(server: Server) -> None:
@@ -62,8 +51,8 @@ async def test_origin_of_other_sites_is_refused(server: Server) -> None:
 async def test_dead_peer_is_dropped_by_pings(make_server: Callable[..., Server]) -> None:
     server = make_server(ws_ping_interval="0.3", ws_ping_timeout="0.3")
     with open_ws(server.port):  # a peer that never answers anything, not even pings
-        await eventually(lambda: open_connections(server, "/echo") == 1, 5)
-        await eventually(lambda: open_connections(server, "/echo") == 0, 5)
+        await eventually(lambda: open_connections(server, "/echo") == 1)
+        await eventually(lambda: open_connections(server, "/echo") == 0)
 
 
 async def test_oversized_frames_do_not_grow_memory(server: Server) -> None:
@@ -86,10 +75,10 @@ async def test_oversized_frames_do_not_grow_memory(server: Server) -> None:
 
 
 async def test_client_that_never_reads_is_dropped(
-    make_server: Callable[..., Server], repository: ReportRepository
+    make_server: Callable[..., Server], seeded_repository: ReportRepository
 ) -> None:
-    await repository.add_reports([NewReport("big", "Big", "x" * 60_000)])
-    server = make_server(send_timeout="1", rate_limit="0")
+    await seeded_repository.add_reports([NewReport("big", "Big", "x" * 60_000)])
+    server = make_server(send_timeout=str(SEND_TIMEOUT), rate_limit="0")
     stalled = await websockets.connect(server.url + "/reports", max_queue=1, max_size=None)
     await stalled.send(TOKEN)
     request = json.dumps({"type": "get", "name": "big"})
@@ -101,9 +90,12 @@ async def test_client_that_never_reads_is_dropped(
         started = time.monotonic()
         for _ in range(20):
             await healthy.send("report1")
-            assert await asyncio.wait_for(healthy.recv(), 2) == '{"report":"Report 1"}'
-        assert time.monotonic() - started < 2
-        await eventually(lambda: open_connections(server, "/reports") == 1, 10)
+            reply = await asyncio.wait_for(healthy.recv(), SEND_TIMEOUT)
+            assert reply == '{"report":"Report 1"}'
+        # NOTE: had they waited on the stalled client's sends, they would have taken longer
+        #   than its send timeout, after which it is dropped.
+        assert time.monotonic() - started < SEND_TIMEOUT
+        await eventually(lambda: open_connections(server, "/reports") == 1, SEND_TIMEOUT + 10)
         assert "dropping a connection that stopped reading" in server.log()
     finally:
         await healthy.close()
@@ -111,24 +103,25 @@ async def test_client_that_never_reads_is_dropped(
 
 
 async def test_sigterm_with_a_stalled_client_still_exits(
-    make_server: Callable[..., Server], repository: ReportRepository
+    make_server: Callable[..., Server], seeded_repository: ReportRepository
 ) -> None:
-    await repository.add_reports([NewReport("big", "Big", "x" * 60_000)])
-    server = make_server(send_timeout="1", shutdown_grace="3", rate_limit="0")
+    await seeded_repository.add_reports([NewReport("big", "Big", "x" * 60_000)])
+    grace = 3
+    server = make_server(send_timeout="1", shutdown_grace=str(grace), rate_limit="0")
     stalled = await websockets.connect(server.url + "/reports", max_queue=1, max_size=None)
     await stalled.send(TOKEN)
     for _ in range(500):
         await stalled.send(json.dumps({"type": "get", "name": "big"}))
-    await asyncio.sleep(0.5)
+    await eventually(lambda: unsent_bytes(stalled) > 64 * 1024)  # the server is stuck on it
     started = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
-    await asyncio.to_thread(server.process.wait, 10)
-    assert time.monotonic() - started < 4.5  # the grace period (3 s) and a margin
+    await asyncio.to_thread(server.process.wait, 4 * grace)
+    assert time.monotonic() - started < 2 * grace  # the grace period, and as much in slack
     stalled.transport.abort()
 
 
 async def test_sigterm_loses_no_acknowledged_write(
-    make_server: Callable[..., Server], repository: ReportRepository
+    make_server: Callable[..., Server], seeded_repository: ReportRepository
 ) -> None:
     server = make_server(shutdown_grace="3")
     acknowledged: list[str] = []
@@ -146,7 +139,7 @@ async def test_sigterm_loses_no_acknowledged_write(
                     acknowledged.append(reply["result"]["name"])
     assert closed.value.rcvd is None or closed.value.rcvd.code in (1001, 1012)
     await asyncio.to_thread(server.process.wait, 10)
-    stored = {r.name for r in await repository.list_reports()}
+    stored = {r.name for r in await seeded_repository.list_reports()}
     assert set(acknowledged) <= stored
 
 
@@ -160,7 +153,7 @@ async def test_no_token_in_logs_even_at_debug(make_server: Callable[..., Server]
         await ws.send("wrong-" + TOKEN[:10])
         with pytest.raises(ConnectionClosed):
             await ws.recv()
-    await asyncio.sleep(0.2)
+    await eventually(lambda: ": invalid token" in server.log())  # the last line logged
     log = server.log()
     assert "authenticated 127.0.0.1 as 'test'" in log
     assert TOKEN not in log and TOKEN[:10] not in log

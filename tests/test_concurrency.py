@@ -14,7 +14,7 @@ PER_WRITER = 40
 
 
 async def test_concurrent_writers_and_readers_lose_nothing(
-    db_url: str, repository: ReportRepository
+    db_url: str, seeded_repository: ReportRepository
 ) -> None:
     writers = [
         await asyncio.create_subprocess_exec(
@@ -32,13 +32,13 @@ async def test_concurrent_writers_and_readers_lose_nothing(
     done = asyncio.gather(*(w.wait() for w in writers))
     reads = 0
     while not done.done():
-        assert await repository.get_report(name="report1") is not None
+        assert await seeded_repository.get_report(name="report1") is not None
         reads += 1
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # NOTE: paces the reads while the writers run; waits for nothing
     await done
     errors = [(await w.stderr.read()).decode() for w in writers if w.stderr is not None]
     assert [w.returncode for w in writers] == [0] * WRITERS, errors
-    stored = {r.name: r.title for r in await repository.list_reports()}
+    stored = {r.name: r.title for r in await seeded_repository.list_reports()}
     for n in range(WRITERS):
         for i in range(PER_WRITER):
             assert stored[f"w{n}-{i}"] == f"w{n} {i} v2"

@@ -33,20 +33,15 @@ from reports_service.db import sqlite_path
 from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
+from .clients import call, connect, next_event, recv
 from .conftest import TOKEN, WRITE_TOKEN
 from .proxy import TcpProxy
 from .server import ROOT, Server, free_port, run_cli
+from .waiting import eventually
 
+POOL_TIMEOUT = 5.0  # seconds a request may wait for a database connection (the default)
 UNAVAILABLE = {"code": "unavailable", "message": "database unavailable, retry later"}
 PLAIN_UNAVAILABLE = {"error": "service unavailable, try again"}
-
-
-async def connect(server: Server, token: str = TOKEN) -> ClientConnection:
-    """An authenticated /reports connection (a ping is answered only after authentication)."""
-    ws = await asyncio.wait_for(websockets.connect(server.url + "/reports"), 5)
-    await ws.send(token)
-    assert (await call(ws, {"id": "auth", "type": "ping"}))["result"]["pong"] is True
-    return ws
 
 
 async def assert_refused(server: Server) -> None:
@@ -57,26 +52,6 @@ async def assert_refused(server: Server) -> None:
         with pytest.raises(ConnectionClosed) as closed:
             await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
-
-
-async def recv(ws: ClientConnection, within: float = 5.0) -> Any:
-    return json.loads(await asyncio.wait_for(ws.recv(), within))
-
-
-async def next_event(ws: ClientConnection, within: float = 5.0) -> Any:
-    """The next message pushed to a subscriber; failing, not hanging, when none comes."""
-    try:
-        return await recv(ws, within)
-    except TimeoutError:
-        raise AssertionError(f"no change pushed within {within}s") from None
-
-
-async def call(ws: ClientConnection, request: dict[str, Any], within: float = 5.0) -> Any:
-    """Send one request and return its reply (the connection must not be subscribed)."""
-    await ws.send(json.dumps(request))
-    reply = await recv(ws, within)
-    assert reply.get("id") == request.get("id"), reply
-    return reply
 
 
 async def plain(ws: ClientConnection, name: str, within: float = 5.0) -> Any:
@@ -94,7 +69,7 @@ async def subscribe(server: Server) -> tuple[ClientConnection, int]:
     async def feed_has_read() -> bool:
         return bool((await call(ws, {"id": "p", "type": "ping"}))["result"]["version"])
 
-    await eventually(feed_has_read, within=5, interval=0.05)
+    await eventually(feed_has_read, within=5)
     reply = await call(ws, {"id": "s", "type": "subscribe"})
     return ws, reply["result"]["version"]
 
@@ -111,20 +86,6 @@ async def status(server: Server, path: str) -> int:
     return await asyncio.to_thread(http_status, server.http + path)
 
 
-async def eventually(
-    check: Callable[[], Any], within: float, interval: float = 0.2
-) -> tuple[Any, float]:
-    """Poll ``check`` (a coroutine function) until it returns something truthy."""
-    started = time.monotonic()
-    while True:
-        result = await check()
-        if result:
-            return result, time.monotonic() - started
-        if time.monotonic() - started > within:
-            raise AssertionError(f"not true within {within}s: last {result!r}")
-        await asyncio.sleep(interval)
-
-
 async def seed_add(env: dict[str, str], name: str) -> tuple[int, str]:
     done = await asyncio.to_thread(run_cli, env, "add", name, "--title", name.title())
     return done.returncode, done.stderr
@@ -137,7 +98,7 @@ async def test_postgres_stopped_mid_session(
     make_server: Callable[..., Server],
     db_url: str,
     db_env: dict[str, str],
-    repository: ReportRepository,
+    seeded_repository: ReportRepository,
 ) -> None:
     """PostgreSQL goes away mid-session (the proxy in front of it resets every connection and
     refuses new ones, as a stopped server does) and comes back.
@@ -155,7 +116,9 @@ async def test_postgres_stopped_mid_session(
         # NOTE: started in a thread: the proxy runs on this event loop, which must keep
         #   forwarding while the server starts.
         server = await asyncio.to_thread(
-            make_server, database_url=proxied.render_as_string(hide_password=False)
+            make_server,
+            database_url=proxied.render_as_string(hide_password=False),
+            pool_timeout=str(POOL_TIMEOUT),
         )
         writer = await connect(server, WRITE_TOKEN)
         watcher, version = await subscribe(server)
@@ -181,7 +144,7 @@ async def test_postgres_stopped_mid_session(
             assert (await call(writer, {"id": 4, "type": "ping"}))["result"]["pong"] is True
             took = time.monotonic() - stopped
             print(f"four errors within {took:.2f}s")
-            assert took < 5.0
+            assert took < POOL_TIMEOUT, "a request waited for a connection to the database"
             assert await status(server, "/readyz") == 503
             assert await status(server, "/healthz") == 200
             await assert_refused(server)
@@ -196,8 +159,8 @@ async def test_postgres_stopped_mid_session(
                 reply = await call(writer, {"id": 5, "type": "get", "name": "offline2"}, 10)
                 return "result" in reply
 
-            _, took = await eventually(get_works, within=10)
-            print(f"recovered within {took:.2f}s")
+            await eventually(get_works, within=10)
+            print(f"recovered within {time.monotonic() - restarted:.2f}s")
             events = [await next_event(watcher, within=10) for _ in range(2)]
             print(f"events within {time.monotonic() - restarted:.2f}s")
             assert [(e["report"]["name"], e["version"]) for e in events] == [
@@ -212,7 +175,7 @@ async def test_postgres_stopped_mid_session(
         finally:
             await writer.close()
             await watcher.close()
-    names = {report.name for report in await repository.list_reports()}
+    names = {report.name for report in await seeded_repository.list_reports()}
     assert {"before", "offline1", "offline2", "after"} <= names
     assert "during" not in names
 
@@ -220,7 +183,7 @@ async def test_postgres_stopped_mid_session(
 async def test_postgres_outage_during_write_burst(
     make_server: Callable[..., Server],
     db_url: str,
-    repository: ReportRepository,
+    seeded_repository: ReportRepository,
 ) -> None:
     """Writers keep writing while the database goes away and comes back: every write they
     were told was saved is there, and a subscriber gets every committed change, in order."""
@@ -229,6 +192,7 @@ async def test_postgres_outage_during_write_burst(
     real = make_url(db_url)
     acked: list[str] = []
     refused: list[str] = []
+    refused_by = [0] * 4  # refusals, by writer
     closed: list[str] = []
     stop = asyncio.Event()
 
@@ -247,6 +211,7 @@ async def test_postgres_outage_during_write_burst(
             else:
                 assert reply["error"] == UNAVAILABLE, reply
                 refused.append(name)
+                refused_by[k] += 1
                 await asyncio.sleep(0.05)  # a client backs off before retrying
 
     async with TcpProxy(real.host or "127.0.0.1", real.port or 5432) as proxy:
@@ -258,11 +223,18 @@ async def test_postgres_outage_during_write_burst(
         writers = [await connect(server, WRITE_TOKEN) for _ in range(4)]
         tasks = [asyncio.create_task(write(k, ws)) for k, ws in enumerate(writers)]
         try:
-            await asyncio.sleep(0.5)
+            await eventually(lambda: len(acked) >= 20)
             await proxy.stop()
-            await asyncio.sleep(0.3)  # replies to writes committed before the cut arrive
+            at_cut = list(refused_by)
+
+            def each_refused(times: int) -> bool:
+                return all(n - m >= times for n, m in zip(refused_by, at_cut, strict=True))
+
+            # NOTE: a writer sends a put once the last one is answered: when each has had one
+            #   refused, every reply to a write made before the cut has arrived.
+            await eventually(lambda: each_refused(1))
             acked_before = len(acked)
-            await asyncio.sleep(1.0)
+            await eventually(lambda: each_refused(10))
             assert len(acked) == acked_before, f"acknowledged while down: {acked[acked_before:]}"
             assert refused, "no write was refused while the database was down"
             await proxy.start()
@@ -270,12 +242,15 @@ async def test_postgres_outage_during_write_burst(
             async def written_again() -> bool:
                 return len(acked) >= acked_before + 20
 
-            _, took = await eventually(written_again, within=10, interval=0.05)
-            print(f"writes acknowledged again {took:.2f}s after restart")
+            restarted = time.monotonic()
+            await eventually(written_again, within=10)
+            print(f"writes acknowledged again {time.monotonic() - restarted:.2f}s after restart")
             stop.set()
             await asyncio.wait_for(asyncio.gather(*tasks), 10)
             assert closed == []
-            stored = {report.name: report.version for report in await repository.list_reports()}
+            stored = {
+                report.name: report.version for report in await seeded_repository.list_reports()
+            }
             missing = [name for name in acked if name not in stored]
             assert missing == [], f"acknowledged but missing: {missing}"
             latest = max(stored.values())
@@ -296,7 +271,7 @@ async def test_postgres_outage_during_write_burst(
 
 
 async def test_subscribe_before_feed_has_read(
-    make_server: Callable[..., Server], db_url: str, repository: ReportRepository
+    make_server: Callable[..., Server], db_url: str, seeded_repository: ReportRepository
 ) -> None:
     """The database is down when the server starts, then comes back; a client subscribes
     before the change feed has read the latest version. It must either be refused
@@ -329,7 +304,7 @@ async def test_subscribe_before_feed_has_read(
             pytest.fail("the client never got the one connection through")
         try:
             reply = await call(ws, {"id": 1, "type": "subscribe"})
-            await repository.add_reports([NewReport("fresh", "Fresh", "")])
+            await seeded_repository.add_reports([NewReport("fresh", "Fresh", "")])
             await proxy.start()
             if "error" in reply:
                 assert reply["error"] == UNAVAILABLE
@@ -345,27 +320,33 @@ async def test_subscribe_before_feed_has_read(
 
 # -- SQLite locked by another writer ---------------------------------------------------------
 
+# NOTE: long enough for another connection's ping to be answered while a put waits, on a
+#   loaded 2-core machine.
+BUSY_TIMEOUT = 2.0
+
 
 async def test_sqlite_locked_longer_than_busy_timeout(
     make_server: Callable[..., Server],
     db_url: str,
     db_env: dict[str, str],
-    repository: ReportRepository,
+    seeded_repository: ReportRepository,
 ) -> None:
     """Another process's connection holds SQLite's write lock (BEGIN IMMEDIATE and a write)
-    for longer than the busy timeout (0.3 s here), then rolls back.
+    for longer than the busy timeout (BUSY_TIMEOUT), then rolls back.
 
     Meanwhile: a put gets `unavailable` after about the busy timeout, its connection stays
-    open; reads go on (WAL: a writer does not block readers, who do not see its uncommitted
-    write), /readyz stays 200; seed.py add fails with one line and status 1. Afterwards the
-    same connection's put succeeds, and every acknowledged write is there and was pushed.
+    open, other connections are answered while it waits; reads go on (WAL: a writer does not
+    block readers, who do not see its uncommitted write), /readyz stays 200; seed.py add
+    fails with one line and status 1. Afterwards the same connection's put succeeds, and
+    every acknowledged write is there and was pushed.
     """
     path = sqlite_path(db_url)
     if path is None:
         pytest.skip("a writer's lock on the database file is SQLite's")
-    server = make_server(sqlite_busy_timeout="0.3")
-    env = {**db_env, "REPORTS_SQLITE_BUSY_TIMEOUT": "0.3"}
+    server = make_server(sqlite_busy_timeout=str(BUSY_TIMEOUT))
+    env = {**db_env, "REPORTS_SQLITE_BUSY_TIMEOUT": str(BUSY_TIMEOUT)}
     writer = await connect(server, WRITE_TOKEN)
+    reader = await connect(server)
     watcher, _ = await subscribe(server)
     try:
         put = await call(writer, {"id": 1, "type": "put", "name": "before", "title": "B"})
@@ -377,14 +358,17 @@ async def test_sqlite_locked_longer_than_busy_timeout(
             other.execute("BEGIN IMMEDIATE")
             other.execute("UPDATE reports SET title = 'Uncommitted' WHERE name = 'report4'")
             started = time.monotonic()
-            lost = await call(writer, {"id": 2, "type": "put", "name": "during", "title": "D"})
+            await writer.send(json.dumps({"id": 2, "type": "put", "name": "during", "title": "D"}))
+            locked_put = asyncio.create_task(recv(writer, within=BUSY_TIMEOUT + 5))
+            assert (await call(reader, {"id": "r", "type": "ping"}))["result"]["pong"] is True
+            assert not locked_put.done(), "the server stalls while a write waits for the lock"
+            lost = await locked_put
+            assert lost["id"] == 2, lost
             took = time.monotonic() - started
             print(f"locked put answered in {took:.2f}s")
             assert lost["error"] == UNAVAILABLE, "a write was acknowledged while locked out"
-            assert 0.25 <= took < 3.0
-            started = time.monotonic()
+            assert BUSY_TIMEOUT - 0.05 <= took < BUSY_TIMEOUT + 5
             assert (await call(writer, {"id": 3, "type": "ping"}))["result"]["pong"] is True
-            assert time.monotonic() - started < 0.5, "the server stalls while locked out"
             # WAL: readers are not blocked by a writer, and do not see its uncommitted write.
             get = await call(writer, {"id": 4, "type": "get", "name": "report4"})
             assert get["result"]["title"] == "Report 4"
@@ -412,9 +396,9 @@ async def test_sqlite_locked_longer_than_busy_timeout(
         get = await call(writer, {"id": 6, "type": "get", "name": "report4"})
         assert get["result"]["title"] == "Report 4"
     finally:
-        await writer.close()
-        await watcher.close()
-    names = {report.name for report in await repository.list_reports()}
+        for ws in (writer, reader, watcher):
+            await ws.close()
+    names = {report.name for report in await seeded_repository.list_reports()}
     assert {"before", "during", "seedafter"} <= names
     assert "seedlocked" not in names
 
@@ -479,7 +463,7 @@ def run_unprivileged_cli(env: Mapping[str, str], *args: str) -> subprocess.Compl
 async def test_sqlite_file_unreadable(
     db_url: str,
     db_env: dict[str, str],
-    repository: ReportRepository,
+    seeded_repository: ReportRepository,
     tmp_path: Path,
 ) -> None:
     """The database file loses its read permission (chmod 000) while servers run, then gets
@@ -542,12 +526,16 @@ async def test_sqlite_file_unreadable(
                 other.execute("BEGIN IMMEDIATE")
                 for n, ws in enumerate(blockers):
                     await ws.send(json.dumps({"id": n, "type": "put", "name": "x", "title": "X"}))
-                await asyncio.sleep(0.5)  # the puts now hold the pooled connections, waiting
+
+                async def search_refused() -> bool:
+                    search = await call(reader, {"id": 5, "type": "search", "q": "report3"})
+                    assert "result" in search or search["error"] == UNAVAILABLE, search
+                    return "error" in search
+
                 # NOTE: a get (or a plain query) on SQLite is answered by the point reader's own
                 #   connection, opened before the outage and kept; list and search need a new
-                #   pooled one.
-                search = await call(reader, {"id": 5, "type": "search", "q": "report3"})
-                assert search["error"] == UNAVAILABLE
+                #   pooled one, once the puts hold those there are (until then, they get one).
+                await eventually(search_refused, within=2)
                 listed = await call(reader, {"id": 7, "type": "list"})
                 assert listed["error"] == UNAVAILABLE
                 assert "unable to open database file" in first.log()  # the reason
@@ -585,8 +573,7 @@ async def test_sqlite_file_unreadable(
         async def second_ready() -> bool:
             return await status(second, "/readyz") == 200
 
-        _, took = await eventually(second_ready, within=5)
-        print(f"second server ready {took:.2f}s after the file came back")
+        await eventually(second_ready, within=5)
         late = await connect(second)
         clients.append(late)
         get = await call(late, {"id": 1, "type": "get", "name": "pooled"})
@@ -606,6 +593,6 @@ async def test_sqlite_file_unreadable(
             await ws.close()
         for srv in servers:
             await asyncio.to_thread(srv.stop)
-    names = {report.name for report in await repository.list_reports()}
+    names = {report.name for report in await seeded_repository.list_reports()}
     assert {"before", "pooled", "after"} <= names
     assert not {"x", "seedblocked"} & names

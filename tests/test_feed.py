@@ -11,6 +11,9 @@ from reports_service.config import Settings
 from reports_service.feed import ENTRY_OVERHEAD, ChangeFeed
 from reports_service.records import NewReport
 from reports_service.repository import ReportRepository, repository_for
+from reports_service.watch import PostgresWatcher
+
+from .waiting import eventually
 
 
 @pytest.fixture
@@ -21,41 +24,59 @@ async def other(settings: Settings) -> AsyncIterator[ReportRepository]:
     await repo.dispose()
 
 
+@pytest.fixture
+def notified(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The versions PostgreSQL's watchers have been notified of (NOTIFY's payload)."""
+    versions: set[str] = set()
+    on_notify = PostgresWatcher._on_notify
+
+    def spy(self: PostgresWatcher, *args: object) -> None:
+        on_notify(self, *args)
+        versions.add(str(args[-1]))
+
+    monkeypatch.setattr(PostgresWatcher, "_on_notify", spy)
+    return versions
+
+
 async def started_feed(repository: ReportRepository, cache_bytes: int) -> ChangeFeed:
-    # NOTE: its own loop checks once at start and then sleeps: queries do every catch-up.
+    # NOTE: its own loop checks once at start and then sleeps: queries do every catch-up. A
+    #   yield lets that check begin; a catch-up waits for the one running, and shares it.
     feed = ChangeFeed(repository, interval=3600, cache_bytes=cache_bytes)
     await feed.start()
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0)
+    await feed.catch_up()
     return feed
 
 
-async def noticed(settings: Settings) -> None:
-    """Give a PostgreSQL notification time to arrive (SQLite sees a commit at once)."""
+async def noticed(settings: Settings, other: ReportRepository, notified: set[str]) -> None:
+    """Wait for the feed's PostgreSQL notification of the latest commit (SQLite needs none)."""
     if settings.database_url.startswith("postgresql"):
-        await asyncio.sleep(0.3)
+        latest = str((await other.changelog_bounds())[1])
+        await eventually(lambda: latest in notified)
 
 
 async def test_queries_arriving_during_a_catch_up_share_its_read(
-    repository: ReportRepository,
+    seeded_repository: ReportRepository,
     other: ReportRepository,
     settings: Settings,
+    notified: set[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    feed = await started_feed(repository, cache_bytes=1 << 20)
+    feed = await started_feed(seeded_repository, cache_bytes=1 << 20)
     try:
         assert (await feed.report("report1")) is not None  # cached now
         await other.add_reports([NewReport("report1", "Changed", "elsewhere")], replace=True)
-        await noticed(settings)
+        await noticed(settings, other, notified)
 
         reads = 0
-        changes_since = repository.changes_since
+        changes_since = seeded_repository.changes_since
 
         async def counted(*args: object, **kwargs: object) -> object:
             nonlocal reads
             reads += 1
             return await changes_since(*args, **kwargs)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(repository, "changes_since", counted)
+        monkeypatch.setattr(seeded_repository, "changes_since", counted)
         answers = await asyncio.gather(*(feed.report("report1") for _ in range(64)))
         # Every query started after the commit, so every one sees it ...
         assert {a.title if a else None for a in answers} == {"Changed"}
@@ -67,13 +88,16 @@ async def test_queries_arriving_during_a_catch_up_share_its_read(
 
 
 async def test_cache_stays_within_its_budget_and_correct(
-    repository: ReportRepository, other: ReportRepository, settings: Settings
+    seeded_repository: ReportRepository,
+    other: ReportRepository,
+    settings: Settings,
+    notified: set[str],
 ) -> None:
-    await repository.add_reports(
+    await seeded_repository.add_reports(
         [NewReport(f"r{i:02}", f"Title {i:02}", "x" * 20) for i in range(40)]
     )
     budget = 5 * (ENTRY_OVERHEAD + 30)  # room for about five of them
-    feed = await started_feed(repository, cache_bytes=budget)
+    feed = await started_feed(seeded_repository, cache_bytes=budget)
     try:
         for _ in range(2):
             for i in range(40):
@@ -89,7 +113,7 @@ async def test_cache_stays_within_its_budget_and_correct(
         )
         await other.remove_report(name="r38")
         await other.add_reports([NewReport("nowhere", "Now here", "")])
-        await noticed(settings)
+        await noticed(settings, other, notified)
         r39, r00 = await feed.report("r39"), await feed.report("r00")
         assert r39 is not None and r39.title == "New 39"
         assert r00 is not None and r00.title == "New 00"
@@ -102,14 +126,17 @@ async def test_cache_stays_within_its_budget_and_correct(
 
 
 async def test_no_cache_reads_every_time(
-    repository: ReportRepository, other: ReportRepository, settings: Settings
+    seeded_repository: ReportRepository,
+    other: ReportRepository,
+    settings: Settings,
+    notified: set[str],
 ) -> None:
-    feed = await started_feed(repository, cache_bytes=0)
+    feed = await started_feed(seeded_repository, cache_bytes=0)
     try:
         assert (await feed.report("report2")) is not None
         assert feed.cached_bytes == 0
         await other.remove_report(name="report2")
-        await noticed(settings)
+        await noticed(settings, other, notified)
         assert await feed.report("report2") is None
     finally:
         await feed.stop()

@@ -55,15 +55,9 @@ from reports_service.repository import ReportRepository, repository_for
 
 from .conftest import TOKEN, TUTORIAL, WRITE_TOKEN
 from .databases import PostgresTemplate, SQLiteTemplate, backends
+from .rawws import INVALID_DATA, RawWebSocket, raw_connection, read_response_head, request_bytes
+from .rawws import TEXT as TEXT_OPCODE
 from .server import Server
-from .test_conformance import (
-    INVALID_DATA,
-    RawWebSocket,
-    raw_connection,
-    read_response_head,
-    request_bytes,
-)
-from .test_conformance import TEXT as TEXT_OPCODE
 
 T = TypeVar("T")
 
@@ -729,10 +723,10 @@ def test_subscription_reply_comes_in_the_request_format(
 
 
 async def test_resume_with_as_many_changes_as_the_queue_holds(
-    settings: Settings, repository: ReportRepository
+    settings: Settings, seeded_repository: ReportRepository
 ) -> None:
     queue = 5
-    await repository.add_reports([NewReport(f"new{n}", "New", "") for n in range(queue)])
+    await seeded_repository.add_reports([NewReport(f"new{n}", "New", "") for n in range(queue)])
     app = create_app(dataclasses.replace(settings, subscriber_queue=queue))
     received: list[Any] = []
     # NOTE: nothing raises inside the conductor: it would skip the app's shutdown.

@@ -9,7 +9,7 @@ and in MessagePack. What is stored comes back exactly; what cannot be stored is 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import hypothesis
@@ -27,6 +27,7 @@ from reports_service.repository import ReportRepository
 from reports_service.watch import PostgresWatcher
 
 from .conftest import TOKEN, TUTORIAL, WRITE_TOKEN
+from .waiting import eventually
 from .wire import Wire
 
 TUTORIAL_NAMES = [r.name for r in TUTORIAL]
@@ -158,7 +159,7 @@ async def round_trip(wire: Wire, settings: Settings, text: str, version: int) ->
 
 @pytest.mark.parametrize("group", list(INJECTIONS))
 async def test_round_trip_through_every_request(
-    writer: Wire, settings: Settings, repository: ReportRepository, group: str
+    writer: Wire, settings: Settings, seeded_repository: ReportRepository, group: str
 ) -> None:
     version = len(TUTORIAL)
     for text in INJECTIONS[group]:
@@ -167,10 +168,12 @@ async def test_round_trip_through_every_request(
         except AssertionError as error:
             raise AssertionError(f"{text!r}: {error}") from error
         version += 2
-    await assert_untouched(repository)
+    await assert_untouched(seeded_repository)
 
 
-async def test_unknown_names_are_not_found(writer: Wire, repository: ReportRepository) -> None:
+async def test_unknown_names_are_not_found(
+    writer: Wire, seeded_repository: ReportRepository
+) -> None:
     for text in [*ALL_INJECTIONS, "report1 ", "REPORT1", "report", "x" * 60_000]:
         if writer.binary or plain_text_is_a_query(text):
             assert await plain(writer, text) == {"error": "report not found"}, text
@@ -180,10 +183,12 @@ async def test_unknown_names_are_not_found(writer: Wire, repository: ReportRepos
             reply = await writer.call({"id": 1, "type": "remove", "name": text})
             assert reply["error"]["code"] == "not_found", text
     assert await plain(writer, "report1") == {"report": "Report 1"}
-    await assert_untouched(repository)
+    await assert_untouched(seeded_repository)
 
 
-async def test_search_wildcards_match_literally(writer: Wire, repository: ReportRepository) -> None:
+async def test_search_wildcards_match_literally(
+    writer: Wire, seeded_repository: ReportRepository
+) -> None:
     pairs = {
         "%": ("100% sure", "100 percent sure"),
         "_": ("snake_case", "snakeXcase"),
@@ -205,7 +210,7 @@ async def test_search_wildcards_match_literally(writer: Wire, repository: Report
         assert f"decoy{n}" not in matches, q
         assert all(q in r["title"] or q in r["content"] for r in found["reports"]), q
     await assert_untouched(
-        repository, *(f"{kind}{n}" for n in range(len(pairs)) for kind in ("match", "decoy"))
+        seeded_repository, *(f"{kind}{n}" for n in range(len(pairs)) for kind in ("match", "decoy"))
     )
 
 
@@ -230,7 +235,9 @@ AT_THE_LIMIT = [
 ]
 
 
-async def test_name_at_the_limit_is_stored(writer: Wire, repository: ReportRepository) -> None:
+async def test_name_at_the_limit_is_stored(
+    writer: Wire, seeded_repository: ReportRepository
+) -> None:
     for name in AT_THE_LIMIT:
         title = name[:MAX_TITLE_LENGTH]
         put = await writer.call({"id": 1, "type": "put", "name": name, "title": title})
@@ -238,7 +245,7 @@ async def test_name_at_the_limit_is_stored(writer: Wire, repository: ReportRepos
         got = await writer.call({"id": 2, "type": "get", "name": name})
         assert got["result"] == put["result"]
         assert await plain(writer, name) == {"report": title}
-    await assert_untouched(repository, *AT_THE_LIMIT)
+    await assert_untouched(seeded_repository, *AT_THE_LIMIT)
 
 
 # (request, the field in the error message, its limit)
@@ -256,7 +263,7 @@ OVER_THE_LIMIT: list[tuple[dict[str, Any], str, int]] = [
 
 
 async def test_over_the_limit_is_invalid_request(
-    writer: Wire, repository: ReportRepository
+    writer: Wire, seeded_repository: ReportRepository
 ) -> None:
     for n, (request, field, limit) in enumerate(OVER_THE_LIMIT):
         reply = await writer.call({"id": n, **request})
@@ -267,7 +274,7 @@ async def test_over_the_limit_is_invalid_request(
                 "message": f"Expected `str` of length <= {limit} - at `$.{field}`",
             },
         }
-    await assert_untouched(repository)
+    await assert_untouched(seeded_repository)
 
 
 async def test_search_at_the_limit_is_answered(writer: Wire) -> None:
@@ -280,7 +287,7 @@ async def test_search_at_the_limit_is_answered(writer: Wire) -> None:
 
 
 async def test_nul_is_refused_before_the_database(
-    writer: Wire, repository: ReportRepository
+    writer: Wire, seeded_repository: ReportRepository
 ) -> None:
     # NOTE: PostgreSQL cannot store NUL in text: it is refused on every backend, in one line.
     for field in ("name", "title", "content"):
@@ -291,32 +298,36 @@ async def test_nul_is_refused_before_the_database(
                 "id": 1,
                 "error": {"code": "invalid_request", "message": NUL_MESSAGE.format(field)},
             }, (field, value)
-    await assert_untouched(repository)
+    await assert_untouched(seeded_repository)
 
 
-async def test_nul_in_a_name_finds_nothing(writer: Wire, repository: ReportRepository) -> None:
+async def test_nul_in_a_name_finds_nothing(
+    writer: Wire, seeded_repository: ReportRepository
+) -> None:
     for name in ("\x00", "report1\x00", "report1\x00' OR 1=1 --"):
         assert await plain(writer, name) == {"error": "report not found"}, name
         reply = await writer.call({"id": 1, "type": "get", "name": name})
         assert reply["id"] == 1
         assert reply["error"]["code"] in ("not_found", "invalid_request"), reply
-    await assert_untouched(repository)
+    await assert_untouched(seeded_repository)
 
 
 async def test_nul_in_a_removed_name_finds_nothing(
     request: pytest.FixtureRequest,
     settings: Settings,
     writer: Wire,
-    repository: ReportRepository,
+    seeded_repository: ReportRepository,
 ) -> None:
     for name in ("\x00", "report1\x00", "report1\x00' OR 1=1 --"):
         reply = await writer.call({"id": 1, "type": "remove", "name": name})
         assert reply["id"] == 1
         assert reply["error"]["code"] in ("not_found", "invalid_request"), reply
-    await assert_untouched(repository)
+    await assert_untouched(seeded_repository)
 
 
-async def test_nul_in_search_matches_nothing(writer: Wire, repository: ReportRepository) -> None:
+async def test_nul_in_search_matches_nothing(
+    writer: Wire, seeded_repository: ReportRepository
+) -> None:
     # NOTE: SQLite's lower() and LIKE read text only up to a NUL: '\x00' would match every
     #   report, '1\x00zzz' report1.
     for q in ("\x00", "1\x00zzz", "Report 1\x00 and more"):
@@ -326,7 +337,7 @@ async def test_nul_in_search_matches_nothing(writer: Wire, repository: ReportRep
             assert reply["error"]["code"] == "invalid_request", (q, reply)
         else:
             assert reply["result"] == {"reports": [], "next": None}, (q, reply)
-    await assert_untouched(repository)
+    await assert_untouched(seeded_repository)
 
 
 async def test_nul_in_subscribe_names_is_not_a_database_error(
@@ -353,7 +364,7 @@ LONE_SURROGATES = [
 
 
 async def test_lone_surrogate_in_json_is_an_error(
-    conductor: ASGIConductor, repository: ReportRepository
+    conductor: ASGIConductor, seeded_repository: ReportRepository
 ) -> None:
     # NOTE: msgspec refuses a lone surrogate escape as malformed JSON, and a text frame that is
     #   not a JSON object is the tutorial's plain query, for a report named like the whole frame:
@@ -366,11 +377,11 @@ async def test_lone_surrogate_in_json_is_an_error(
             assert reply == {"error": "report not found"} or (
                 reply["id"] == 1 and reply["error"]["code"] == "invalid_request"
             ), (frame, reply)
-    await assert_untouched(repository)
+    await assert_untouched(seeded_repository)
 
 
 async def test_surrogate_in_msgpack_is_invalid_messagepack(
-    conductor: ASGIConductor, repository: ReportRepository
+    conductor: ASGIConductor, seeded_repository: ReportRepository
 ) -> None:
     # A MessagePack str must be UTF-8; U+D800 encoded as if it were (CESU-8) is not.
     frame = (
@@ -383,7 +394,7 @@ async def test_surrogate_in_msgpack_is_invalid_messagepack(
         await ws.send_data(frame)
         reply = msgpack.unpackb(await ws.receive_data())
     assert reply == {"error": "invalid MessagePack"}
-    await assert_untouched(repository)
+    await assert_untouched(seeded_repository)
 
 
 # -- any name within the limits ---------------------------------------------------------------
@@ -435,29 +446,44 @@ async def test_any_name_round_trips(
 NOTIFY_LATENCY = 0.2  # seconds; PostgreSQL delivers NOTIFY asynchronously, with no bound
 
 
-def _late_notify(self: PostgresWatcher, *_args: object) -> None:
-    asyncio.get_running_loop().call_later(NOTIFY_LATENCY, setattr, self, "_notified", True)
+def late_notify(landed: set[str]) -> Callable[..., None]:
+    """PostgresWatcher._on_notify, NOTIFY_LATENCY late; adds each version to ``landed``."""
+
+    def on_notify(self: PostgresWatcher, *args: object) -> None:
+        def land() -> None:
+            self._notified = True
+            landed.add(str(args[-1]))
+
+        asyncio.get_running_loop().call_later(NOTIFY_LATENCY, land)
+
+    return on_notify
 
 
 async def test_a_write_is_read_back_at_once(
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
     settings: Settings,
-    repository: ReportRepository,
+    seeded_repository: ReportRepository,
 ) -> None:
     # NOTE: a slow notification, as under load; SQLite's watcher is not affected.
-    monkeypatch.setattr(PostgresWatcher, "_on_notify", _late_notify)
+    landed: set[str] = set()
+    monkeypatch.setattr(PostgresWatcher, "_on_notify", late_notify(landed))
+
+    async def notification_landed(version: int) -> None:
+        if is_postgres(settings):
+            await eventually(lambda: str(version) in landed)
+
     app = create_app(settings)
     # NOTE: nothing raises inside the conductor: it would skip the app's shutdown.
     async with ASGIConductor(app) as conductor, conductor.simulate_ws("/reports") as ws:
         await ws.send_text(WRITE_TOKEN)
         wire = Wire(ws, binary=False)
-        await wire.call({"type": "put", "name": "cached", "title": "v1"})
-        await asyncio.sleep(2 * NOTIFY_LATENCY)
+        put = await wire.call({"type": "put", "name": "cached", "title": "v1"})
+        await notification_landed(put["result"]["version"])
         settled = await wire.call({"type": "get", "name": "cached"})  # now cached
-        await wire.call({"type": "remove", "name": "cached"})
+        removed = await wire.call({"type": "remove", "name": "cached"})
         after_remove = await wire.call({"id": 1, "type": "get", "name": "cached"})
-        await asyncio.sleep(2 * NOTIFY_LATENCY)
+        await notification_landed(removed["result"]["version"])
         await wire.call({"type": "get", "name": "cached"})  # not found, cached as such
         await wire.call({"type": "put", "name": "cached", "title": "v2"})
         after_put = await wire.call({"id": 2, "type": "get", "name": "cached"})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
 import falcon
@@ -18,31 +18,25 @@ from reports_service.repository import ReportRepository
 
 from .conftest import TOKEN
 
+StartApp = Callable[..., Awaitable[ASGIConductor]]
+
 
 @pytest.fixture
 async def app_with(
-    settings: Settings, repository: ReportRepository
-) -> AsyncIterator[Callable[..., ASGIConductor]]:
-    """An app with some settings changed; started and stopped around the test."""
-    conductors: list[ASGIConductor] = []
+    settings: Settings, seeded_repository: ReportRepository
+) -> AsyncIterator[StartApp]:
+    """Start an app with some settings changed; it is stopped after the test."""
+    async with AsyncExitStack() as apps:
 
-    def make(**changes: Any) -> ASGIConductor:
-        fields = {
-            "database_url": settings.database_url,
-            "auth_timeout": settings.auth_timeout,
-            **changes,
-        }
-        conductors.append(ASGIConductor(create_app(Settings(**fields))))
-        return conductors[-1]
+        async def start(**changes: Any) -> ASGIConductor:
+            fields = {
+                "database_url": settings.database_url,
+                "auth_timeout": settings.auth_timeout,
+                **changes,
+            }
+            return await apps.enter_async_context(ASGIConductor(create_app(Settings(**fields))))
 
-    yield make
-    for conductor in conductors:
-        await conductor.__aexit__(None, None, None)
-
-
-async def started(conductor: ASGIConductor) -> ASGIConductor:
-    await conductor.__aenter__()
-    return conductor
+        yield start
 
 
 def connect(
@@ -72,8 +66,10 @@ async def closed_with(ws: ASGIWebSocketSimulator, within: float = 5.0) -> int | 
     return ws.close_code
 
 
-async def test_oversized_message_closes_1009(app_with: Callable[..., ASGIConductor]) -> None:
-    conductor = await started(app_with(max_message_bytes=1000))
+async def test_oversized_message_closes_1009(
+    app_with: StartApp,
+) -> None:
+    conductor = await app_with(max_message_bytes=1000)
     async with connect(conductor, "/echo") as ws:
         await ws.send_text("é" * 400)  # 800 bytes
         assert (await ws.receive_json())["message"] == "é" * 400
@@ -86,14 +82,14 @@ async def test_oversized_message_closes_1009(app_with: Callable[..., ASGIConduct
 
 
 async def test_token_revoked_while_connected_is_closed(
-    app_with: Callable[..., ASGIConductor], repository: ReportRepository
+    app_with: StartApp, seeded_repository: ReportRepository
 ) -> None:
-    conductor = await started(app_with(token_recheck=0.1))
+    conductor = await app_with(token_recheck=0.1)
     async with connect(conductor, "/reports") as ws:
         await ws.send_text(TOKEN)
         await ws.send_text(json.dumps({"id": 1, "type": "subscribe"}))
         assert (await ws.receive_json())["id"] == 1
-        await repository.revoke_token(name="test")
+        await seeded_repository.revoke_token(name="test")
         started_at = asyncio.get_running_loop().time()
         assert await closed_with(ws) == 1008
         assert ws.close_reason == "token revoked"
@@ -101,9 +97,9 @@ async def test_token_revoked_while_connected_is_closed(
 
 
 async def test_repeated_failures_refuse_the_address(
-    app_with: Callable[..., ASGIConductor],
+    app_with: StartApp,
 ) -> None:
-    conductor = await started(app_with(auth_failures=3, auth_failure_window=60))
+    conductor = await app_with(auth_failures=3, auth_failure_window=60)
     for _ in range(3):
         async with connect(conductor, "/reports") as ws:
             await ws.send_text("guess")
@@ -129,9 +125,12 @@ async def test_repeated_failures_refuse_the_address(
     ],
 )
 async def test_origin(
-    app_with: Callable[..., ASGIConductor], origin: str | None, allowed: str, accepted: bool
+    app_with: StartApp,
+    origin: str | None,
+    allowed: str,
+    accepted: bool,
 ) -> None:
-    conductor = await started(app_with(allowed_origins=allowed))
+    conductor = await app_with(allowed_origins=allowed)
     headers = {"Origin": origin} if origin else {}
     if accepted:
         async with connect(conductor, "/echo", host="reports.example", headers=headers) as ws:
@@ -143,8 +142,8 @@ async def test_origin(
                 pass
 
 
-async def test_connection_caps(app_with: Callable[..., ASGIConductor]) -> None:
-    conductor = await started(app_with(max_connections=3, max_connections_per_token=2))
+async def test_connection_caps(app_with: StartApp) -> None:
+    conductor = await app_with(max_connections=3, max_connections_per_token=2)
     async with connect(conductor, "/reports") as a, connect(conductor, "/reports") as b:
         for ws in (a, b):
             await ws.send_text(TOKEN)
@@ -166,8 +165,8 @@ async def test_connection_caps(app_with: Callable[..., ASGIConductor]) -> None:
         assert (await again.receive_json())["message"] == "x"
 
 
-async def test_rate_limit_then_close(app_with: Callable[..., ASGIConductor]) -> None:
-    conductor = await started(app_with(rate_limit=5, rate_burst=5, rate_strikes=3))
+async def test_rate_limit_then_close(app_with: StartApp) -> None:
+    conductor = await app_with(rate_limit=5, rate_burst=5, rate_strikes=3)
     async with connect(conductor, "/reports") as ws:
         await ws.send_text(TOKEN)
         for _ in range(5):
@@ -179,7 +178,7 @@ async def test_rate_limit_then_close(app_with: Callable[..., ASGIConductor]) -> 
         await ws.send_text(json.dumps({"id": 7, "type": "ping"}))
         typed = await ws.receive_json()
         assert typed["id"] == 7 and typed["error"]["code"] == "rate_limited"
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.25)  # NOTE: the subject: time refills the bucket
         await ws.send_text("report1")
         assert await ws.receive_json() == {"report": "Report 1"}
         with pytest.raises(falcon.WebSocketDisconnected):
@@ -190,8 +189,10 @@ async def test_rate_limit_then_close(app_with: Callable[..., ASGIConductor]) -> 
         assert ws.close_reason == "rate limit exceeded"
 
 
-async def test_idle_timeout_spares_subscribers(app_with: Callable[..., ASGIConductor]) -> None:
-    conductor = await started(app_with(idle_timeout=0.3))
+async def test_idle_timeout_spares_subscribers(
+    app_with: StartApp,
+) -> None:
+    conductor = await app_with(idle_timeout=0.3)
     async with (
         connect(conductor, "/reports") as idle,
         connect(conductor, "/reports") as listening,
@@ -202,6 +203,6 @@ async def test_idle_timeout_spares_subscribers(app_with: Callable[..., ASGICondu
         assert (await listening.receive_json())["id"] == 1
         assert await closed_with(idle, within=2) == 1001
         assert idle.close_reason == "idle timeout"
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # NOTE: the subject: silent for longer than the idle timeout
         await listening.send_text(json.dumps({"id": 2, "type": "ping"}))
         assert (await listening.receive_json())["id"] == 2

@@ -28,7 +28,7 @@ from .server import free_port
 
 
 @pytest.fixture
-async def port(settings: Settings, repository: ReportRepository) -> AsyncIterator[int]:
+async def port(settings: Settings, seeded_repository: ReportRepository) -> AsyncIterator[int]:
     """uvicorn serving the app in this process (so its objects can be looked at)."""
     options = uvicorn_options(settings, host="127.0.0.1", port=free_port(), log_level="warning")
     server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))

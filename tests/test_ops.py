@@ -21,6 +21,7 @@ from reports_service.repository import ReportRepository, repository_for
 
 from .conftest import TOKEN
 from .server import Server
+from .waiting import eventually
 
 
 async def test_healthz(conductor: ASGIConductor) -> None:
@@ -94,7 +95,12 @@ async def test_json_logs_tag_each_connection(make_server: Callable[..., Server])
         await ws.send("not-" + TOKEN)
         with pytest.raises(ConnectionClosed):
             await ws.recv()
-    await asyncio.sleep(0.2)
+
+    def all_logged() -> bool:  # the last line of each connection
+        log = server.log()
+        return log.count("websocket closed on /reports") == 2 and ": invalid token" in log
+
+    await eventually(all_logged)
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     ours = [line for line in lines if line["logger"].startswith("reports_service.")]
     by_conn: dict[str, list[str]] = {}
@@ -110,7 +116,7 @@ async def test_json_logs_tag_each_connection(make_server: Callable[..., Server])
 
 
 async def test_pool_exhaustion_is_an_error_not_a_hang(
-    settings: Settings, repository: ReportRepository
+    settings: Settings, seeded_repository: ReportRepository
 ) -> None:
     small = repository_for(
         Settings(database_url=settings.database_url, pool_size=1, pool_timeout=0.2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +12,7 @@ from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
 from .conftest import TOKEN, WRITE_TOKEN
+from .waiting import eventually
 from .wire import Wire
 
 
@@ -39,8 +39,10 @@ async def test_get_missing_is_not_found(wire: Wire) -> None:
     assert reply == {"id": "x", "error": {"code": "not_found", "message": "no report named 'nope'"}}
 
 
-async def test_list_pages_newest_first(wire: Wire, repository: ReportRepository) -> None:
-    await repository.add_reports([NewReport(f"extra{i}", f"Extra {i}", "") for i in range(5)])
+async def test_list_pages_newest_first(wire: Wire, seeded_repository: ReportRepository) -> None:
+    await seeded_repository.add_reports(
+        [NewReport(f"extra{i}", f"Extra {i}", "") for i in range(5)]
+    )
     seen: list[str] = []
     cursor = None
     for _ in range(10):
@@ -55,8 +57,8 @@ async def test_list_pages_newest_first(wire: Wire, repository: ReportRepository)
     assert seen == [f"extra{i}" for i in range(4, -1, -1)] + [f"report{n}" for n in range(4, 0, -1)]
 
 
-async def test_search_title_and_content(wire: Wire, repository: ReportRepository) -> None:
-    await repository.add_reports(
+async def test_search_title_and_content(wire: Wire, seeded_repository: ReportRepository) -> None:
+    await seeded_repository.add_reports(
         [
             NewReport("a", "Quarterly sales", "numbers"),
             NewReport("b", "Other", "mentions SALES in the content"),
@@ -81,22 +83,22 @@ async def test_ping(wire: Wire) -> None:
     }
 
 
-async def test_subscribe_pushes_changes(wire: Wire, repository: ReportRepository) -> None:
+async def test_subscribe_pushes_changes(wire: Wire, seeded_repository: ReportRepository) -> None:
     reply = await wire.call({"id": 8, "type": "subscribe"})
     assert reply == {"id": 8, "result": {"names": None, "version": 4}}
-    await repository.add_reports([NewReport("live", "Live", "1")])
+    await seeded_repository.add_reports([NewReport("live", "Live", "1")])
     added = await wire.recv()
     assert added["type"] == "report.added"
     assert added["version"] == 5
     assert added["report"]["name"] == "live" and added["report"]["title"] == "Live"
-    await repository.add_reports([NewReport("live", "Live 2", "2")], replace=True)
+    await seeded_repository.add_reports([NewReport("live", "Live 2", "2")], replace=True)
     updated = await wire.recv()
     assert (updated["type"], updated["version"], updated["report"]["title"]) == (
         "report.updated",
         6,
         "Live 2",
     )
-    await repository.remove_report(name="live")
+    await seeded_repository.remove_report(name="live")
     removed = await wire.recv()
     assert (removed["type"], removed["version"], removed["report"]["name"]) == (
         "report.removed",
@@ -105,35 +107,41 @@ async def test_subscribe_pushes_changes(wire: Wire, repository: ReportRepository
     )
 
 
-async def test_subscribe_to_names_only(wire: Wire, repository: ReportRepository) -> None:
+async def test_subscribe_to_names_only(wire: Wire, seeded_repository: ReportRepository) -> None:
     reply = await wire.call({"id": 9, "type": "subscribe", "names": ["b", "a"]})
     assert reply["result"]["names"] == ["a", "b"]
-    await repository.add_reports([NewReport("c", "C", ""), NewReport("b", "B", "")])
+    await seeded_repository.add_reports([NewReport("c", "C", ""), NewReport("b", "B", "")])
     event = await wire.recv()
     assert event["report"]["name"] == "b"
     assert (await wire.call({"id": 10, "type": "ping"}))["id"] == 10
 
 
-async def test_unsubscribe_stops_pushes(wire: Wire, repository: ReportRepository) -> None:
+async def test_unsubscribe_stops_pushes(wire: Wire, seeded_repository: ReportRepository) -> None:
     await wire.call({"id": 1, "type": "subscribe"})
     reply = await wire.call({"id": 2, "type": "unsubscribe"})
     assert reply == {"id": 2, "result": {"names": [], "version": 4}}
-    await repository.add_reports([NewReport("quiet", "Q", "")])
-    await asyncio.sleep(0.2)
-    assert (await wire.call({"id": 3, "type": "ping"}))["id"] == 3
+    await seeded_repository.add_reports([NewReport("quiet", "Q", "")])
+
+    async def feed_has_read() -> bool:
+        reply = await wire.call({"id": 3, "type": "ping"})
+        assert reply["id"] == 3, reply  # not a push
+        return bool(reply["result"]["version"] == 5)
+
+    await eventually(feed_has_read)  # NOTE: a push would have been queued before this reply
+    assert (await wire.call({"id": 4, "type": "ping"}))["id"] == 4
 
 
-async def test_unsubscribe_some_names(wire: Wire, repository: ReportRepository) -> None:
+async def test_unsubscribe_some_names(wire: Wire, seeded_repository: ReportRepository) -> None:
     await wire.call({"id": 1, "type": "subscribe", "names": ["a", "b"]})
     reply = await wire.call({"id": 2, "type": "unsubscribe", "names": ["a"]})
     assert reply["result"]["names"] == ["b"]
-    await repository.add_reports([NewReport("a", "A", ""), NewReport("b", "B", "")])
+    await seeded_repository.add_reports([NewReport("a", "A", ""), NewReport("b", "B", "")])
     assert (await wire.recv())["report"]["name"] == "b"
 
 
-async def test_resume_with_since(wire: Wire, repository: ReportRepository) -> None:
-    await repository.add_reports([NewReport("r5", "Five", "")])
-    await repository.add_reports([NewReport("r5", "Five again", "")], replace=True)
+async def test_resume_with_since(wire: Wire, seeded_repository: ReportRepository) -> None:
+    await seeded_repository.add_reports([NewReport("r5", "Five", "")])
+    await seeded_repository.add_reports([NewReport("r5", "Five again", "")], replace=True)
     reply = await wire.call({"id": 1, "type": "subscribe", "since": 4})
     assert reply["result"]["version"] == 6
     replayed = [await wire.recv(), await wire.recv()]
@@ -141,7 +149,7 @@ async def test_resume_with_since(wire: Wire, repository: ReportRepository) -> No
         ("report.added", 5),
         ("report.updated", 6),
     ]
-    await repository.add_reports([NewReport("r7", "Seven", "")])
+    await seeded_repository.add_reports([NewReport("r7", "Seven", "")])
     assert (await wire.recv())["version"] == 7
 
 
@@ -206,14 +214,14 @@ async def reply_and_event(wire: Wire, request: dict[str, Any]) -> tuple[Any, Any
     return (first, second) if "id" in first else (second, first)
 
 
-async def test_put_and_remove(writer: Wire, repository: ReportRepository) -> None:
+async def test_put_and_remove(writer: Wire, seeded_repository: ReportRepository) -> None:
     await writer.call({"id": 0, "type": "subscribe", "names": ["w"]})
     put, event = await reply_and_event(
         writer, {"id": 1, "type": "put", "name": "w", "title": "W", "content": "c"}
     )
     assert (put["id"], put["result"]["name"], put["result"]["version"]) == (1, "w", 5)
     assert event["type"] == "report.added"
-    stored = await repository.get_report(name="w")
+    stored = await seeded_repository.get_report(name="w")
     assert stored is not None and stored.title == "W"
     again, event = await reply_and_event(
         writer, {"id": 2, "type": "put", "name": "w", "title": "W2"}
@@ -223,7 +231,7 @@ async def test_put_and_remove(writer: Wire, repository: ReportRepository) -> Non
     removed, event = await reply_and_event(writer, {"id": 3, "type": "remove", "name": "w"})
     assert removed == {"id": 3, "result": {"name": "w", "version": 7}}
     assert event["type"] == "report.removed"
-    assert await repository.get_report(name="w") is None
+    assert await seeded_repository.get_report(name="w") is None
     missing = await writer.call({"id": 4, "type": "remove", "name": "w"})
     assert missing["error"]["code"] == "not_found"
     bad = await writer.call({"id": 5, "type": "put", "name": " w", "title": "x"})

@@ -12,7 +12,8 @@ from reports_service.app import create_app
 from reports_service.config import Settings
 from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
-from reports_service.watch import PostgresWatcher
+
+from .clients import PUSH_WITHIN
 
 from .conftest import TOKEN
 
@@ -56,9 +57,9 @@ async def test_wrong_token_closes_1008(conductor: ASGIConductor) -> None:
 
 
 async def test_revoked_token_closes_1008(
-    conductor: ASGIConductor, repository: ReportRepository
+    conductor: ASGIConductor, seeded_repository: ReportRepository
 ) -> None:
-    assert await repository.revoke_token(name="test")
+    assert await seeded_repository.revoke_token(name="test")
     async with conductor.simulate_ws("/reports") as ws:
         await ws.send_text(TOKEN)
         with pytest.raises(falcon.WebSocketDisconnected):
@@ -67,7 +68,7 @@ async def test_revoked_token_closes_1008(
 
 
 async def test_no_token_in_time_closes_1008(
-    settings: Settings, repository: ReportRepository
+    settings: Settings, seeded_repository: ReportRepository
 ) -> None:
     app = create_app(Settings(database_url=settings.database_url, auth_timeout=0.2))
     async with ASGIConductor(app) as conductor, conductor.simulate_ws("/reports") as ws:
@@ -91,7 +92,7 @@ async def test_path_without_route_is_never_accepted(conductor: ASGIConductor) ->
 
 
 async def test_answers_follow_commits_of_another_writer(
-    conductor: ASGIConductor, repository: ReportRepository, db_url: str
+    conductor: ASGIConductor, seeded_repository: ReportRepository, db_url: str
 ) -> None:
     """Another process's commit is seen by the next query on SQLite (``PRAGMA data_version``);
     on PostgreSQL once its notification has arrived, well before the 5 s safety read."""
@@ -99,7 +100,7 @@ async def test_answers_follow_commits_of_another_writer(
         await ws.send_text(TOKEN)
 
         async def answer_becomes(expected: dict[str, str]) -> None:
-            within = 0.0 if db_url.startswith("sqlite") else PostgresWatcher.SAFETY_INTERVAL / 2
+            within = 0.0 if db_url.startswith("sqlite") else PUSH_WITHIN
             deadline = asyncio.get_running_loop().time() + within
             while True:
                 await ws.send_text("fresh")
@@ -110,11 +111,11 @@ async def test_answers_follow_commits_of_another_writer(
             assert answer == expected
 
         await answer_becomes({"error": "report not found"})
-        await repository.add_reports([NewReport("fresh", "Fresh report", "new")])
+        await seeded_repository.add_reports([NewReport("fresh", "Fresh report", "new")])
         await answer_becomes({"report": "Fresh report"})
-        await repository.add_reports([NewReport("fresh", "Changed", "x")], replace=True)
+        await seeded_repository.add_reports([NewReport("fresh", "Changed", "x")], replace=True)
         await answer_becomes({"report": "Changed"})
-        assert await repository.remove_report(name="fresh")
+        assert await seeded_repository.remove_report(name="fresh")
         await answer_becomes({"error": "report not found"})
 
 
