@@ -7,7 +7,7 @@ from ..errors import ServiceError
 from ..feed import ChangeFeed
 from ..limits import ConnectionRegistry, TokenGuard
 from ..metrics import process_exited
-from ..migrate import head_revision
+from ..migrate import require_head
 from ..repository import ReportRepository
 
 logger = logging.getLogger("reports_service")
@@ -38,18 +38,9 @@ class LifecycleMiddleware:
 
     async def _check_schema(self) -> None:
         try:
-            revision = await self._repository.schema_revision()
+            await require_head(self._repository)
         except ServiceError as error:
             logger.error("database %s: %s", self._database, error)
-            return
-        head = head_revision()
-        if revision != head:
-            logger.error(
-                "database %s is at migration %s, not %s: run `reports-service migrate`",
-                self._database,
-                revision,
-                head,
-            )
         else:
             logger.info("serving reports from %s", self._database)
 
