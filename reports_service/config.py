@@ -149,6 +149,17 @@ class Settings:
     log_format: str = setting("text", "text, or json for one JSON object a line")
 
     def __post_init__(self) -> None:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(self.database_url)
+        except ArgumentError:
+            # NOTE: the value is not shown: it may hold a password.
+            raise SettingsError(
+                f"{ENV_PREFIX}DATABASE_URL is not a URL: use sqlite+aiosqlite:///FILE or "
+                "postgresql+asyncpg://USER@HOST/DB"
+            ) from None
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             problem = self.problem(f.name, value)

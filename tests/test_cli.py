@@ -153,6 +153,9 @@ def test_unmigrated_database(tmp_path: Path) -> None:
 def test_bad_settings_are_one_line(tmp_path: Path) -> None:
     env = {"REPORTS_DATABASE_URL": "mysql://nowhere/db"}
     assert_one_line_error(run_cli(env, "list"), "unsupported database")
+    for command in ("list", "migrate", "serve"):
+        env = {"REPORTS_DATABASE_URL": "nonsense"}
+        assert_one_line_error(run_cli(env, command), "REPORTS_DATABASE_URL is not a URL")
     env = {"REPORTS_DATABASE_URL": sqlite_url(tmp_path / "x.db"), "REPORTS_AUTH_TIMEOUT": "soon"}
     assert_one_line_error(run_cli(env, "list"), "REPORTS_AUTH_TIMEOUT")
 
