@@ -238,6 +238,8 @@ async def cmd_remove(args: argparse.Namespace, repository: ReportRepository) -> 
 
 
 async def cmd_token_create(args: argparse.Namespace, repository: ReportRepository) -> int:
+    if not args.name.strip():
+        raise CommandError("a token's name must not be empty")
     token = args.value if args.value is not None else new_token()
     if not token.strip():
         raise CommandError("a token must not be empty")

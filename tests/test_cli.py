@@ -127,6 +127,7 @@ def test_tokens(db_env: dict[str, str]) -> None:
     fixed = run_cli(db_env, "token", "create", "bob", "--value", "bob-secret", "--write")
     assert fixed.stdout.strip() == "bob-secret"
     assert_one_line_error(run_cli(db_env, "token", "create", "alice"), "exists already")
+    assert_one_line_error(run_cli(db_env, "token", "create", " "), "name must not be empty")
     listed = run_cli(db_env, "token", "list").stdout
     assert "alice\tread\t" in listed and "bob\tread,write\t" in listed and "active" in listed
     assert token not in listed and "bob-secret" not in listed
