@@ -125,12 +125,12 @@ def run_async(command: Command) -> Callable[[argparse.Namespace, Settings], int]
     """Run ``command`` on a repository over a migrated database."""
 
     def handler(args: argparse.Namespace, settings: Settings) -> int:
+        _check_before_start(settings)
         path = sqlite_path(settings.database_url)
         if path is not None and not Path(path).exists():
             raise CommandError(
                 f"database file {path} does not exist: run `reports-service migrate`"
             )
-        head_revision()  # NOTE: fails with one line before any connection if migrations are gone
         return asyncio.run(_with_repository(command, args, settings))
 
     return handler
@@ -162,10 +162,12 @@ def with_serve_options(
     return handler
 
 
-def _check_database_directory(settings: Settings) -> None:
+def _check_before_start(settings: Settings) -> None:
+    """One line, before anything starts, for a missing database directory or migrations."""
     path = sqlite_path(settings.database_url)
     if path is not None and not Path(path).resolve().parent.is_dir():
         raise CommandError(f"the directory of database file {path} does not exist")
+    head_revision()  # NOTE: raises MigrationsMissing when the package lost its migrations
 
 
 def _say(message: str) -> None:
@@ -176,8 +178,7 @@ def _say(message: str) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    _check_database_directory(settings)
-    head_revision()
+    _check_before_start(settings)
     try:
         upgrade(settings.database_url)
     except Exception as error:  # Alembic and the drivers raise many kinds
@@ -209,7 +210,7 @@ async def cmd_add(args: argparse.Namespace, repository: ReportRepository) -> int
 
 
 def added_message(added: int, replaced: list[str]) -> str:
-    """`added 2 reports`, `replaced 1 report: r`, `added 3 reports, replaced 2: a, b`."""
+    """`added 2 reports`, `replaced 1 report: r`, `added 3 reports, replaced 2 reports: a, b`."""
     said = f"added {_reports(added)}"
     if not replaced:
         return said
@@ -284,8 +285,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from .server import serve
 
-    _check_database_directory(settings)
-    head_revision()
+    _check_before_start(settings)
     serve(settings)
     return 0
 
