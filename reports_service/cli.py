@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -12,10 +13,10 @@ from typing import Any
 
 import msgspec
 
-from .config import Settings, SettingsError
+from .config import NON_NEGATIVE, Settings, SettingsError
 from .db import DatabaseURLError, sqlite_path
-from .errors import SchemaNotReady, ServiceError, first_line
-from .migrate import head_revision, upgrade
+from .errors import ServiceError, first_line
+from .migrate import head_revision, require_head, upgrade
 from .records import NewReport, new_token
 from .repository import ReportRepository, repository_for
 
@@ -28,6 +29,9 @@ FIRST_TOKEN_NAME = "default"  # noqa: S105 - a token's name, not a secret
 
 class CommandError(Exception):
     """An error a user caused: printed as one line, exit status 1."""
+
+
+SERVE_OPTIONS = ("host", "port", "workers")
 
 
 def _quiet_late_driver_threads(args: threading.ExceptHookArgs) -> None:
@@ -103,10 +107,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="migrate, seed, create a first token if none, then serve")
     for p in (serve, up):
         p.add_argument("--host", help="overrides REPORTS_HOST")
-        p.add_argument("--port", type=int, help="overrides REPORTS_PORT")
-        p.add_argument("--workers", type=int, help="overrides REPORTS_WORKERS")
-    serve.set_defaults(handler=cmd_serve)
-    up.set_defaults(handler=cmd_up)
+        p.add_argument("--port", type=int, help="overrides REPORTS_PORT (1..65535)")
+        p.add_argument("--workers", type=int, help="overrides REPORTS_WORKERS (at least 1)")
+    serve.set_defaults(handler=with_serve_options(cmd_serve))
+    up.set_defaults(handler=with_serve_options(cmd_up))
 
     sub.add_parser("settings", help="list every setting").set_defaults(handler=cmd_settings)
     return parser
@@ -121,6 +125,7 @@ def run_async(command: Command) -> Callable[[argparse.Namespace, Settings], int]
     """Run ``command`` on a repository over a migrated database."""
 
     def handler(args: argparse.Namespace, settings: Settings) -> int:
+        _check_before_start(settings)
         path = sqlite_path(settings.database_url)
         if path is not None and not Path(path).exists():
             raise CommandError(
@@ -134,15 +139,35 @@ def run_async(command: Command) -> Callable[[argparse.Namespace, Settings], int]
 async def _with_repository(command: Command, args: argparse.Namespace, settings: Settings) -> int:
     repository = repository_for(settings)
     try:
-        revision, head = await repository.schema_revision(), head_revision()
-        if revision != head:
-            raise SchemaNotReady(
-                f"the database is at migration {revision or 'none'}, not {head}: "
-                "run `reports-service migrate`"
-            )
+        await require_head(repository)
         return await command(args, repository)
     finally:
         await repository.dispose()
+
+
+def with_serve_options(
+    command: Callable[[argparse.Namespace, Settings], int],
+) -> Callable[[argparse.Namespace, Settings], int]:
+    """Apply --host, --port and --workers to the settings, each checked like its variable."""
+
+    def handler(args: argparse.Namespace, settings: Settings) -> int:
+        changes = {name: getattr(args, name) for name in SERVE_OPTIONS}
+        for name, value in changes.items():
+            problem = None if value is None else Settings.problem(name, value)
+            if problem is not None:
+                raise CommandError(f"--{name} {value}: {problem}")
+        given = {name: value for name, value in changes.items() if value is not None}
+        return command(args, dataclasses.replace(settings, **given))
+
+    return handler
+
+
+def _check_before_start(settings: Settings) -> None:
+    """One line, before anything starts, for a missing database directory or migrations."""
+    path = sqlite_path(settings.database_url)
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise CommandError(f"the directory of database file {path} does not exist")
+    head_revision()  # NOTE: raises MigrationsMissing when the package lost its migrations
 
 
 def _say(message: str) -> None:
@@ -153,6 +178,7 @@ def _say(message: str) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    _check_before_start(settings)
     try:
         upgrade(settings.database_url)
     except Exception as error:  # Alembic and the drivers raise many kinds
@@ -178,12 +204,28 @@ async def cmd_add(args: argparse.Namespace, repository: ReportRepository) -> int
         if args.name is None or args.title is None:
             raise CommandError("add needs NAME and --title (or --file FILE)")
         items = [NewReport(args.name, args.title, args.content)]
-    count = await repository.add_reports(items, replace=args.replace)
-    _say(f"added {count} report{'s' if count != 1 else ''}")
+    replaced = await repository.add_reports(items, replace=args.replace)
+    _say(added_message(len(items) - len(replaced), replaced))
     return 0
 
 
+def added_message(added: int, replaced: list[str]) -> str:
+    """`added 2 reports`, `replaced 1 report: r`, `added 3 reports, replaced 2 reports: a, b`."""
+    said = f"added {_reports(added)}"
+    if not replaced:
+        return said
+    names = f"replaced {_reports(len(replaced))}: {', '.join(replaced)}"
+    return f"{said}, {names}" if added else names
+
+
+def _reports(count: int) -> str:
+    return f"{count} report{'s' if count != 1 else ''}"
+
+
 async def cmd_list(args: argparse.Namespace, repository: ReportRepository) -> int:
+    problem = None if args.limit is None else NON_NEGATIVE.problem(args.limit)
+    if problem is not None:
+        raise CommandError(f"--limit {args.limit}: {problem}")
     for report in await repository.list_reports(limit=args.limit):
         _say(f"{report.name}\t{report.title}\t{report.updated_at.isoformat()}")
     return 0
@@ -197,6 +239,8 @@ async def cmd_remove(args: argparse.Namespace, repository: ReportRepository) -> 
 
 
 async def cmd_token_create(args: argparse.Namespace, repository: ReportRepository) -> int:
+    if not args.name.strip():
+        raise CommandError("a token's name must not be empty")
     token = args.value if args.value is not None else new_token()
     if not token.strip():
         raise CommandError("a token must not be empty")
@@ -229,6 +273,9 @@ async def _first_token(args: argparse.Namespace, repository: ReportRepository) -
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from .server import check_can_listen
+
+    check_can_listen(settings.host, settings.port)
     cmd_migrate(args, settings)
     run_async(cmd_seed)(args, settings)
     run_async(_first_token)(args, settings)
@@ -238,8 +285,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from .server import serve
 
-    overrides = {k: getattr(args, k) for k in ("host", "port", "workers")}
-    serve(settings, **{k: v for k, v in overrides.items() if v is not None})
+    _check_before_start(settings)
+    serve(settings)
     return 0
 
 

@@ -176,14 +176,17 @@ class ReportRepository:
             return int(result.scalar_one())
 
     @_translate_errors
-    async def add_reports(self, items: Sequence[NewReport], *, replace: bool = False) -> int:
-        """Add reports in one transaction; with ``replace``, existing names are overwritten."""
+    async def add_reports(self, items: Sequence[NewReport], *, replace: bool = False) -> list[str]:
+        """Add reports in one transaction; with ``replace``, existing names are overwritten.
+
+        Returns the names that were replaced.
+        """
         names = [item.name for item in items]
         repeated = sorted(name for name, count in Counter(names).items() if count > 1)
         if repeated:
             raise ValueError(f"report name given more than once: {', '.join(repeated[:5])}")
         if not items:
-            return 0
+            return []
         try:
             async with self._writer.begin() as conn:
                 latest = await self._lock_changelog(conn)
@@ -215,7 +218,7 @@ class ReportRepository:
             if not taken:
                 raise
             raise DuplicateReports(taken) from error
-        return len(items)
+        return [row["name"] for row in updated]
 
     async def _log_written(
         self, conn: AsyncConnection, first: int, last: int, now: datetime

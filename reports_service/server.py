@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from typing import Any
 
 import uvicorn
 
 from .config import Settings
+from .errors import ServiceError
 from .logs import configure_logging
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is imported
+
+
+class CannotListen(ServiceError):
+    """The address or port cannot be listened on (in use, not this machine's, not permitted)."""
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Bind and release ``host:port`` as uvicorn will, so a port in use is one line, not a crash."""
+    # NOTE: uvicorn binds only after the app's start-up ran, then exits 3 with a multi-line log.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as error:
+        raise CannotListen(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
 def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -40,6 +58,7 @@ def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
 def serve(settings: Settings, **overrides: Any) -> None:
     configure_logging(settings.log_level, settings.log_format)
     options = uvicorn_options(settings, **overrides)
+    check_can_listen(options["host"], options["port"])
     if options["workers"] > 1 and not os.environ.get(MULTIPROC_ENV):
         # NOTE: set before the workers start, so /metrics adds up every worker's metrics.
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="reports-metrics-")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from .databases import sqlite_url
-from .server import run_cli
+from .server import ROOT, free_port, run_cli
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
@@ -45,7 +49,21 @@ def test_add_then_duplicate_fails_and_changes_nothing(db_env: dict[str, str]) ->
     assert "\tFirst\t" in run_cli(db_env, "list").stdout
     replaced = run_cli(db_env, "add", "r", "--title", "Second", "--replace")
     assert replaced.returncode == 0, replaced.stderr
+    assert replaced.stdout == "replaced 1 report: r\n"
     assert "\tSecond\t" in run_cli(db_env, "list").stdout
+
+
+def test_replace_says_which_were_added_and_which_replaced(
+    db_env: dict[str, str], tmp_path: Path
+) -> None:
+    assert run_cli(db_env, "add", "old", "--title", "Old").stdout == "added 1 report\n"
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"name": "new", "title": "N"}\n{"name": "old", "title": "O2"}\n')
+    both = run_cli(db_env, "add", "--file", str(path), "--replace")
+    assert both.returncode == 0, both.stderr
+    assert both.stdout == "added 1 report, replaced 1 report: old\n"
+    fresh = run_cli(db_env, "add", "other", "--title", "X", "--replace")
+    assert fresh.stdout == "added 1 report\n"
 
 
 @pytest.mark.parametrize("form", ["json", "jsonl"])
@@ -109,6 +127,7 @@ def test_tokens(db_env: dict[str, str]) -> None:
     fixed = run_cli(db_env, "token", "create", "bob", "--value", "bob-secret", "--write")
     assert fixed.stdout.strip() == "bob-secret"
     assert_one_line_error(run_cli(db_env, "token", "create", "alice"), "exists already")
+    assert_one_line_error(run_cli(db_env, "token", "create", " "), "name must not be empty")
     listed = run_cli(db_env, "token", "list").stdout
     assert "alice\tread\t" in listed and "bob\tread,write\t" in listed and "active" in listed
     assert token not in listed and "bob-secret" not in listed
@@ -135,6 +154,9 @@ def test_unmigrated_database(tmp_path: Path) -> None:
 def test_bad_settings_are_one_line(tmp_path: Path) -> None:
     env = {"REPORTS_DATABASE_URL": "mysql://nowhere/db"}
     assert_one_line_error(run_cli(env, "list"), "unsupported database")
+    for command in ("list", "migrate", "serve"):
+        env = {"REPORTS_DATABASE_URL": "nonsense"}
+        assert_one_line_error(run_cli(env, command), "REPORTS_DATABASE_URL is not a URL")
     env = {"REPORTS_DATABASE_URL": sqlite_url(tmp_path / "x.db"), "REPORTS_AUTH_TIMEOUT": "soon"}
     assert_one_line_error(run_cli(env, "list"), "REPORTS_AUTH_TIMEOUT")
 
@@ -146,3 +168,72 @@ def test_add_needs_a_title(db_env: dict[str, str]) -> None:
 def test_settings_lists_every_variable(db_env: dict[str, str]) -> None:
     out = run_cli(db_env, "settings").stdout
     assert "REPORTS_DATABASE_URL" in out and "REPORTS_AUTH_TIMEOUT" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "fragment"),
+    [
+        (["serve", "--port", "99999"], {}, "--port 99999: must be between 1 and 65535"),
+        (["up", "--port", "0"], {}, "--port 0: must be between 1 and 65535"),
+        (["serve", "--workers", "0"], {}, "--workers 0: must be at least 1"),
+        (["list", "--limit", "-3"], {}, "--limit -3: must be at least 0"),
+        (["serve"], {"REPORTS_PORT": "99999"}, "REPORTS_PORT=99999: must be between 1 and 65535"),
+        (["list"], {"REPORTS_WORKERS": "0"}, "REPORTS_WORKERS=0: must be at least 1"),
+        (["list"], {"REPORTS_AUTH_TIMEOUT": "0"}, "REPORTS_AUTH_TIMEOUT=0.0: must be more than 0"),
+        (["list"], {"REPORTS_CACHE_MB": "nan"}, "REPORTS_CACHE_MB=nan: must be a finite number"),
+    ],
+)
+def test_out_of_range_is_one_line(
+    db_env: dict[str, str], args: list[str], env: dict[str, str], fragment: str
+) -> None:
+    assert_one_line_error(run_cli({**db_env, **env}, *args), fragment)
+
+
+def test_usage_errors_exit_2_without_a_traceback(db_env: dict[str, str]) -> None:
+    result = run_cli(db_env, "serve", "--port", "eighty")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("usage: ")
+    assert result.stderr.splitlines()[-1].endswith("argument --port: invalid int value: 'eighty'")
+
+
+@pytest.mark.parametrize("command", ["serve", "up"])
+def test_port_in_use_is_one_line(tmp_path: Path, command: str) -> None:
+    env = {**os.environ, "REPORTS_DATABASE_URL": sqlite_url(tmp_path / "up.db")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(env, command, "--host", "127.0.0.1", "--port", str(port))
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert result.stdout == ""
+    assert not (tmp_path / "up.db").exists()  # `up` checked the port before it migrated
+
+
+@pytest.mark.parametrize("command", ["migrate", "serve", "up", "list"])
+def test_missing_database_directory_is_one_line(tmp_path: Path, command: str) -> None:
+    path = tmp_path / "nowhere" / "reports.db"
+    env = {**os.environ, "REPORTS_DATABASE_URL": sqlite_url(path), "REPORTS_PORT": str(free_port())}
+    assert_one_line_error(run_cli(env, command), str(path))
+    assert not path.parent.exists()
+
+
+@pytest.mark.parametrize("command", ["migrate", "serve", "list"])
+def test_missing_migrations_are_one_line(tmp_path: Path, command: str) -> None:
+    copy = tmp_path / "reports_service"
+    shutil.copytree(
+        ROOT / "reports_service", copy, ignore=shutil.ignore_patterns("migrations", "__pycache__")
+    )
+    (tmp_path / "reports.db").write_bytes(b"")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REPORTS_", "PYTHON"))}
+    # NOTE: `-m` from tmp_path imports this copy, ahead of the checkout's editable install.
+    result = subprocess.run(
+        [sys.executable, "-m", "reports_service", command],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert_one_line_error(result, f"the migrations directory {copy / 'migrations'} is missing")

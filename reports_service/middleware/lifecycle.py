@@ -6,7 +6,7 @@ from typing import Any
 from ..errors import ServiceError
 from ..feed import ChangeFeed
 from ..metrics import process_exited
-from ..migrate import head_revision
+from ..migrate import require_head
 from ..repository import ReportRepository
 from ..resources.registry import ConnectionRegistry, TokenGuard
 
@@ -38,18 +38,9 @@ class LifecycleMiddleware:
 
     async def _check_schema(self) -> None:
         try:
-            revision = await self._repository.schema_revision()
+            await require_head(self._repository)
         except ServiceError as error:
             logger.error("database %s: %s", self._database, error)
-            return
-        head = head_revision()
-        if revision != head:
-            logger.error(
-                "database %s is at migration %s, not %s: run `reports-service migrate`",
-                self._database,
-                revision,
-                head,
-            )
         else:
             logger.info("serving reports from %s", self._database)
 

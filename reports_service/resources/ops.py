@@ -6,7 +6,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..errors import ServiceError
 from ..metrics import exposition
-from ..migrate import head_revision
+from ..migrate import require_head
 from ..repository import ReportRepository
 
 
@@ -22,22 +22,13 @@ class ReadyResource:
 
     def __init__(self, repository: ReportRepository) -> None:
         self._repository = repository
-        self._head = head_revision()
 
     async def on_get(self, req: Request, resp: Response) -> None:
         try:
-            revision = await self._repository.schema_revision()
+            revision = await require_head(self._repository)
         except ServiceError as error:
             resp.status = falcon.HTTP_503
             resp.media = {"status": "unavailable", "reason": str(error)}
-            return
-        if revision != self._head:
-            resp.status = falcon.HTTP_503
-            resp.media = {
-                "status": "unavailable",
-                "reason": f"database at migration {revision or 'none'}, expected {self._head}: "
-                "run `reports-service migrate`",
-            }
             return
         resp.media = {"status": "ready", "migration": revision}
 

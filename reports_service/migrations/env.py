@@ -13,7 +13,8 @@ from reports_service.db import is_sqlite, make_engine
 from reports_service.models import Base
 
 config = context.config
-if config.config_file_name is not None and config.attributes.get("configure_logging", True):
+# NOTE: only the alembic command line has an ini file; the service configures its own logging.
+if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata
