@@ -9,6 +9,7 @@ from ..limits import ConnectionRegistry, TokenGuard
 from ..metrics import process_exited
 from ..migrate import head_revision
 from ..repository import ReportRepository
+from ..transport import check as check_internals
 
 logger = logging.getLogger("reports_service")
 
@@ -31,6 +32,7 @@ class LifecycleMiddleware:
         self._database = database
 
     async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        check_internals()
         await self._check_schema()
         await self._feed.start()
         await self._registry.start()
