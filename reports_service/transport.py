@@ -34,7 +34,7 @@ RECEIVER_KEPT = "idle connections keep a Falcon receive buffer each (memory savi
 CLIENT_FAULTS_OFF = "a client's invalid UTF-8 is logged by uvicorn as an ERROR with a traceback"
 LATE_THREADS_OFF = "a late error in aiosqlite's worker thread may print a traceback in the CLI"
 NOT_UVICORN = (
-    f"connections not served by uvicorn's {UVICORN_WS} keep the server's handshake state, "
+    "connections not served by uvicorn keep the server's handshake state, "
     "and stalled peers are left to the server's timeouts"
 )
 
@@ -45,7 +45,7 @@ _announced: set[str] = set()  # the lines logged since the last check()
 
 
 def _announce(line: str, level: int = logging.WARNING) -> None:
-    """Log ``line`` once (until the next check()): a shape seen per connection, not per one."""
+    """Log ``line`` unless it was since the last check(): once, not once per connection."""
     if line not in _announced:
         _announced.add(line)
         logger.log(level, line)
