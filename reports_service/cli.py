@@ -19,6 +19,7 @@ from .errors import ServiceError, first_line
 from .migrate import head_revision, require_head, upgrade
 from .records import NewReport, new_token
 from .repository import ReportRepository, repository_for
+from .transport import quiet_late_driver_threads
 
 TUTORIAL_REPORTS = [
     NewReport(f"report{n}", f"Report {n}", f"This is the content of report {n}")
@@ -34,16 +35,8 @@ class CommandError(Exception):
 SERVE_OPTIONS = ("host", "port", "workers")
 
 
-def _quiet_late_driver_threads(args: threading.ExceptHookArgs) -> None:
-    # NOTE: when a SQLite file cannot be opened, aiosqlite's worker thread may report back after
-    #   asyncio.run() has closed the loop; the error was already printed as one line.
-    if args.thread is not None and "_connection_worker_thread" in args.thread.name:
-        return
-    threading.__excepthook__(args)
-
-
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    threading.excepthook = _quiet_late_driver_threads
+    threading.excepthook = quiet_late_driver_threads
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:

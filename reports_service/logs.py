@@ -9,6 +9,8 @@ import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+from .transport import CLIENT_FAULTS
+
 connection_id: ContextVar[str] = ContextVar("connection_id", default="-")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(conn)s] %(message)s"
@@ -26,23 +28,6 @@ class ConnectionFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.conn = connection_id.get()
         return True
-
-
-class ClientFaultFilter(logging.Filter):
-    """uvicorn logs a client's invalid UTF-8 as an ERROR with a traceback; it is the client's
-    fault and the connection is closed with 1007, so one WARNING line without the traceback
-    (else any client can fill the error log with tracebacks)."""
-
-    MESSAGES = frozenset({"Invalid UTF-8 sequence received from client."})
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg in self.MESSAGES:
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-CLIENT_FAULTS = ClientFaultFilter()
 
 
 class JsonFormatter(logging.Formatter):

@@ -12,6 +12,7 @@ import uvicorn
 from .config import Settings
 from .errors import ServiceError
 from .logs import configure_logging
+from .transport import UVICORN_WS
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is imported
 
@@ -38,7 +39,7 @@ def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "host": settings.host,
         "port": settings.port,
         "workers": settings.workers,
-        "ws": "websockets-sansio",
+        "ws": UVICORN_WS,
         "ws_max_size": settings.max_message_bytes,
         "ws_per_message_deflate": False,
         "ws_ping_interval": settings.ws_ping_interval,

@@ -1,10 +1,21 @@
-"""Closing with a deadline, and dropping a connection whose peer stopped reading."""
+"""The one adapter to other libraries' internals (uvicorn's, Falcon's, aiosqlite's).
+
+It closes with a deadline and drops a connection whose peer stopped reading (`close`,
+`abort`), lets an accepted connection go of what only the handshake needed (`trim`), turns
+uvicorn's traceback for a client's invalid UTF-8 into one warning (`CLIENT_FAULTS`) and keeps
+aiosqlite's late worker-thread errors quiet (`quiet_late_driver_threads`). None of this is
+public API of those libraries: `check()` looks at start-up whether it still holds and logs
+one line for each saving or guarantee that is off; nothing here fails silently.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from falcon import WebSocketDisconnected
@@ -13,6 +24,136 @@ from falcon.asgi import Request, WebSocket
 from .metrics import CLOSES
 
 logger = logging.getLogger("reports_service.transport")
+
+UVICORN_WS = "websockets-sansio"  # the uvicorn WebSocket protocol whose internals are used
+
+ABORT_OFF = "stalled peers cannot be aborted with this uvicorn; relying on timeouts"
+HANDSHAKE_KEPT = "idle connections keep uvicorn's handshake response (memory saving off)"
+HEADERS_KEPT = "idle connections keep Falcon's copy of the request headers (memory saving off)"
+RECEIVER_KEPT = "idle connections keep a Falcon receive buffer each (memory saving off)"
+CLIENT_FAULTS_OFF = "a client's invalid UTF-8 is logged by uvicorn as an ERROR with a traceback"
+LATE_THREADS_OFF = "a late error in aiosqlite's worker thread may print a traceback in the CLI"
+NOT_UVICORN = (
+    "connections not served by uvicorn keep the server's handshake state, "
+    "and stalled peers are left to the server's timeouts"
+)
+
+CLIENT_FAULT_TEXT = "Invalid UTF-8 sequence received from client."  # uvicorn's log message
+LATE_THREAD_NAME = "_connection_worker_thread"  # in the name of aiosqlite's worker threads
+
+_announced: set[str] = set()  # the lines logged since the last check()
+
+
+def _announce(line: str, level: int = logging.WARNING) -> None:
+    """Log ``line`` unless it was since the last check(): once, not once per connection."""
+    if line not in _announced:
+        _announced.add(line)
+        logger.log(level, line)
+
+
+# -- the start-up check ---------------------------------------------------------------------
+
+
+def check() -> list[str]:
+    """Whether the internals used here are where they were: logs and returns one line for
+    each saving or guarantee that is off with the installed versions (none: nothing logged).
+    """
+    off = [line for line, holds in _PROBES if not _holds(holds)]
+    _announced.clear()
+    for line in off:
+        _announce(line)
+    return off
+
+
+def _holds(probe: Callable[[], bool]) -> bool:
+    try:
+        return probe()
+    except Exception:  # an import, an attribute or a signature that moved
+        return False
+
+
+def _slots(cls: type) -> set[str]:
+    names: set[str] = set()
+    for kind in cls.__mro__:
+        slots = getattr(kind, "__slots__", ())
+        names.update((slots,) if isinstance(slots, str) else slots)
+    return names
+
+
+def _code_words(cls: type) -> set[str]:
+    """The attribute and global names and the string constants in the code of ``cls``."""
+    words: set[str] = set()
+    codes = [f.__code__ for f in vars(cls).values() if inspect.isfunction(f)]
+    while codes:
+        code = codes.pop()
+        words.update(code.co_names)
+        for const in code.co_consts:
+            if isinstance(const, str):
+                words.add(const)
+            elif inspect.iscode(const):
+                codes.append(const)
+    return words
+
+
+def _uvicorn_class() -> Any:
+    from uvicorn.config import WS_PROTOCOLS
+    from uvicorn.importer import import_from_string
+
+    return import_from_string(WS_PROTOCOLS[UVICORN_WS])
+
+
+def _uvicorn_send_is_bound() -> bool:
+    # NOTE: Falcon keeps the server's ASGI `send` as it is; uvicorn's is a method of its
+    #   protocol object, which is how the protocol is found from a Falcon WebSocket.
+    cls = _uvicorn_class()
+    return "_asgi_send" in _slots(WebSocket) and inspect.iscoroutinefunction(cls.send)
+
+
+def _abort_holds() -> bool:
+    return _uvicorn_send_is_bound() and "transport" in _code_words(_uvicorn_class())
+
+
+def _handshake_holds() -> bool:
+    needed = {"handshake_complete", "response"}
+    return _uvicorn_send_is_bound() and needed <= _code_words(_uvicorn_class())
+
+
+def _headers_hold() -> bool:
+    return "_asgi_headers" in _slots(Request)
+
+
+def _receiver_holds() -> bool:
+    from falcon.asgi import ws
+
+    kind = ws._BufferedReceiver
+    inspect.signature(kind).bind(_no_receive, 0)
+    needed = {"_max_queue", "_pump_task", "client_disconnected"}
+    return "_buffered_receiver" in _slots(WebSocket) and needed <= _slots(kind)
+
+
+def _client_faults_hold() -> bool:
+    return CLIENT_FAULT_TEXT in _code_words(_uvicorn_class())
+
+
+def _late_threads_hold() -> bool:
+    from aiosqlite import core
+
+    # NOTE: a Thread's default name ends with its target's name: "Thread-3 (<target>)".
+    target = getattr(core, LATE_THREAD_NAME)
+    return inspect.isfunction(target) and LATE_THREAD_NAME in _code_words(core.Connection)
+
+
+_PROBES: list[tuple[str, Callable[[], bool]]] = [
+    (ABORT_OFF, _abort_holds),
+    (HANDSHAKE_KEPT, _handshake_holds),
+    (HEADERS_KEPT, _headers_hold),
+    (RECEIVER_KEPT, _receiver_holds),
+    (CLIENT_FAULTS_OFF, _client_faults_hold),
+    (LATE_THREADS_OFF, _late_threads_hold),
+]
+
+
+# -- per connection -------------------------------------------------------------------------
 
 
 async def close(ws: WebSocket, code: int, reason: str, within: float) -> None:
@@ -26,39 +167,95 @@ async def close(ws: WebSocket, code: int, reason: str, within: float) -> None:
         pass
 
 
+def _uvicorn_protocol(ws: WebSocket) -> Any:
+    """uvicorn's protocol object serving ``ws``, or None when another server serves it."""
+    protocol = getattr(getattr(ws, "_asgi_send", None), "__self__", None)
+    if type(protocol).__module__.startswith("uvicorn."):
+        return protocol
+    _announce(NOT_UVICORN, logging.INFO)
+    return None
+
+
+def abort(ws: WebSocket) -> None:
+    """Drop the connection at once (uvicorn), freeing what its peer did not read."""
+    # NOTE: ASGI has no call to drop a connection. When the peer stops reading, uvicorn waits
+    #   for its buffer to drain before sending anything, a close frame included, and even its
+    #   ping timeout only calls transport.close(), which also waits to flush. Aborting the
+    #   asyncio transport its protocol holds frees the buffers at once.
+    protocol = _uvicorn_protocol(ws)
+    if protocol is None:
+        return
+    drop = getattr(getattr(protocol, "transport", None), "abort", None)
+    if not callable(drop):  # NOTE: uvloop's transports are not asyncio.Transport subclasses
+        _announce(ABORT_OFF)
+        return
+    logger.info("dropping a connection that stopped reading")
+    CLOSES.labels("1006").inc()
+    with contextlib.suppress(Exception):
+        drop()
+
+
 def trim(req: Request, ws: WebSocket) -> None:
     """Lets go of what an accepted connection no longer needs, for as long as it stays open.
 
     An idle connection's memory is the budget that matters (see benchmarks/): every byte
-    held here is held by each of thousands of connections. Each step is a no-op elsewhere.
+    held here is held by each of thousands of connections.
     """
-    # NOTE: the request headers (the scope's list, and the copy Falcon's Request makes of it)
-    #   are read up to the handshake only: by uvicorn, by OriginMiddleware and, through
-    #   req.remote_addr (cached by then), by AuthMiddleware and LoggingMiddleware. The routes
-    #   never read them, so they are dropped: req.get_header() finds none from here on.
-    for headers in (req.scope.get("headers"), getattr(req, "_asgi_headers", None)):
-        if isinstance(headers, list | dict):
-            headers.clear()
+    _drop_request_headers(req)
+    _share_idle_receiver(ws)
+    _drop_uvicorn_handshake(ws)
+
+
+def _drop_request_headers(req: Request) -> None:
+    # NOTE: the request headers (the scope's list, which uvicorn keeps too, and the copy
+    #   Falcon's Request makes of it) are read up to the handshake only: by uvicorn, by
+    #   OriginMiddleware and, through req.remote_addr (cached by then), by AuthMiddleware and
+    #   LoggingMiddleware. The routes never read them: req.get_header() finds none from here.
+    scope_headers = req.scope.get("headers")
+    if isinstance(scope_headers, list):  # NOTE: falcon.testing's is an iterator, consumed
+        scope_headers.clear()
+    headers = getattr(req, "_asgi_headers", None)
+    if isinstance(headers, dict):
+        headers.clear()
+    else:
+        _announce(HEADERS_KEPT)
+
+
+def _share_idle_receiver(ws: WebSocket) -> None:
     # NOTE: Falcon makes a receive buffer (with its deque) for every WebSocket, even when
     #   it is turned off (max_receive_queue = 0, see app.py), and then never uses it: one
-    #   idle instance serves them all.
+    #   idle instance serves all the connections of an event loop.
     receiver: Any = getattr(ws, "_buffered_receiver", None)
-    if getattr(receiver, "_max_queue", None) == 0 and getattr(receiver, "_pump_task", True) is None:
+    if getattr(receiver, "_max_queue", None) == 0 and getattr(receiver, "_pump_task", 1) is None:
         ws._buffered_receiver = _idle_receiver(type(receiver))
+    else:
+        _announce(RECEIVER_KEPT)
+
+
+def _drop_uvicorn_handshake(ws: WebSocket) -> None:
     # NOTE: uvicorn keeps the handshake's HTTP response (and its headers) on its protocol
-    #   object after the handshake, and reads it only to send it (see abort() for `send`).
-    protocol: Any = getattr(getattr(ws, "_asgi_send", None), "__self__", None)
-    if getattr(protocol, "handshake_complete", False) is True and hasattr(protocol, "response"):
+    #   object after the handshake, and reads it only to send it.
+    protocol = _uvicorn_protocol(ws)
+    if protocol is None:
+        return
+    if getattr(protocol, "handshake_complete", None) is True and hasattr(protocol, "response"):
         protocol.response = None
+    else:
+        _announce(HANDSHAKE_KEPT)
 
 
-_IDLE_RECEIVERS: dict[type, Any] = {}
+_IDLE_RECEIVERS: dict[asyncio.AbstractEventLoop, Any] = {}
 
 
 def _idle_receiver(kind: type) -> Any:
-    receiver = _IDLE_RECEIVERS.get(kind)
+    # NOTE: one per event loop: Falcon's receiver keeps the loop it was made in. A closed
+    #   loop's is let go when another loop makes its own.
+    loop = asyncio.get_running_loop()
+    receiver = _IDLE_RECEIVERS.get(loop)
     if receiver is None:
-        receiver = _IDLE_RECEIVERS[kind] = kind(_no_receive, 0)
+        for old in [other for other in list(_IDLE_RECEIVERS) if other.is_closed()]:
+            _IDLE_RECEIVERS.pop(old, None)
+        receiver = _IDLE_RECEIVERS[loop] = kind(_no_receive, 0)
     return receiver
 
 
@@ -66,16 +263,27 @@ async def _no_receive() -> dict[str, object]:
     raise RuntimeError("the idle receive buffer never receives")
 
 
-def abort(ws: WebSocket) -> None:
-    # NOTE: ASGI has no call to drop a connection. When the peer stops reading, uvicorn waits
-    #   for its buffer to drain before sending anything, a close frame included, and even its
-    #   ping timeout only calls transport.close(), which also waits to flush. uvicorn's ASGI
-    #   `send` is a method of its protocol object, which holds the asyncio transport: aborting
-    #   that frees the buffers at once. Other servers: the connection is left to their timeouts.
-    protocol = getattr(getattr(ws, "_asgi_send", None), "__self__", None)
-    drop = getattr(getattr(protocol, "transport", None), "abort", None)
-    if callable(drop):  # NOTE: uvloop's transports are not asyncio.Transport subclasses
-        logger.info("dropping a connection that stopped reading")
-        CLOSES.labels("1006").inc()
-        with contextlib.suppress(Exception):
-            drop()
+# -- other libraries' log text and thread names ---------------------------------------------
+
+
+class ClientFaultFilter(logging.Filter):
+    """uvicorn logs a client's invalid UTF-8 as an ERROR with a traceback; it is the client's
+    fault and the connection is closed with 1007, so one WARNING line without the traceback
+    (else any client can fill the error log with tracebacks)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == CLIENT_FAULT_TEXT:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+CLIENT_FAULTS = ClientFaultFilter()  # for uvicorn's "uvicorn.error" logger
+
+
+def quiet_late_driver_threads(args: threading.ExceptHookArgs) -> None:
+    """A threading.excepthook: aiosqlite's worker thread may report a failure to open a
+    SQLite file after asyncio.run() closed the loop; the CLI already printed it as one line."""
+    if args.thread is not None and LATE_THREAD_NAME in args.thread.name:
+        return
+    threading.__excepthook__(args)

@@ -2,8 +2,9 @@
 
 The memory per idle connection is measured in benchmarks/ (RSS, 10,000 connections). Part of
 it is kept low by letting go of what uvicorn and Falcon hold on to after the handshake
-(`transport.trim`), through their internals: this test notices when an upgrade of either
-moves those, so that the saving does not silently disappear.
+(`transport.trim`), through their internals: this test pins those, so that an upgrade of
+either that moves them fails here (the service itself then logs the saving off at start-up,
+see test_transport.py).
 """
 
 from __future__ import annotations
@@ -15,30 +16,19 @@ from typing import Any
 
 import falcon.asgi
 import pytest
-import uvicorn
 import websockets
 
-from reports_service.app import create_app
 from reports_service.config import Settings
 from reports_service.repository import ReportRepository
-from reports_service.server import uvicorn_options
 
 from .conftest import TOKEN
-from .server import free_port
+from .inprocess import uvicorn_in_process
 
 
 @pytest.fixture
 async def port(settings: Settings, seeded_repository: ReportRepository) -> AsyncIterator[int]:
-    """uvicorn serving the app in this process (so its objects can be looked at)."""
-    options = uvicorn_options(settings, host="127.0.0.1", port=free_port(), log_level="warning")
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "uvicorn did not start"
-        await asyncio.sleep(0.02)
-    yield options["port"]
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    async with uvicorn_in_process(settings) as port:
+        yield port
 
 
 def websockets_served_on(port: int) -> list[falcon.asgi.WebSocket]:
@@ -65,9 +55,11 @@ async def test_idle_connections_let_go_of_the_handshake(port: int) -> None:
             protocol: Any = ws._asgi_send.__self__  # type: ignore[attr-defined]
             assert protocol.handshake_complete and protocol.response is None
             assert protocol.scope["headers"] == []
-        # Falcon's receive buffer (unused: max_receive_queue = 0) is one for all.
+        # Falcon's receive buffer (unused: max_receive_queue = 0) is one for all, in the
+        # event loop it was made in (its own: see test_transport.py).
         first, second = sockets
         assert first._buffered_receiver is second._buffered_receiver
+        assert first._buffered_receiver._loop is asyncio.get_running_loop()
         # ... and the connections still work after all that.
         await one.send("report2")
         assert await one.recv() == '{"report":"Report 2"}'

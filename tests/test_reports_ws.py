@@ -14,7 +14,6 @@ from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
 from .clients import PUSH_WITHIN
-
 from .conftest import TOKEN
 
 

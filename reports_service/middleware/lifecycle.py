@@ -9,6 +9,7 @@ from ..metrics import process_exited
 from ..migrate import require_head
 from ..repository import ReportRepository
 from ..resources.registry import ConnectionRegistry, TokenGuard
+from ..transport import check as check_internals
 
 logger = logging.getLogger("reports_service")
 
@@ -31,6 +32,7 @@ class LifecycleMiddleware:
         self._database = database
 
     async def process_startup(self, scope: dict[str, Any], event: dict[str, Any]) -> None:
+        check_internals()
         await self._check_schema()
         await self._feed.start()
         await self._registry.start()
