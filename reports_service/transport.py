@@ -21,7 +21,7 @@ from typing import Any
 from falcon import WebSocketDisconnected
 from falcon.asgi import Request, WebSocket
 
-from .metrics import CLOSES
+from .metrics import count_close
 
 logger = logging.getLogger("reports_service.transport")
 
@@ -190,7 +190,7 @@ def abort(ws: WebSocket) -> None:
         _announce(ABORT_OFF)
         return
     logger.info("dropping a connection that stopped reading")
-    CLOSES.labels("1006").inc()
+    count_close(1006)
     with contextlib.suppress(Exception):
         drop()
 
