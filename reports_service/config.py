@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ENV_PREFIX = "REPORTS_"
+MIN_SECRET_BYTES = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +40,10 @@ NON_NEGATIVE = Bounds(0)
 PORT = Bounds(1, 65535)
 
 
-def setting(default: Any, doc: str, bounds: Bounds | None = None) -> Any:
-    """A dataclass field that carries its one-line documentation and, for a number, its range."""
-    return field(default=default, metadata={"doc": doc, "bounds": bounds})
+def setting(default: Any, doc: str, bounds: Bounds | None = None, *, secret: bool = False) -> Any:
+    """A dataclass field that carries its one-line documentation and, for a number, its range;
+    a ``secret`` one is left out of the settings' repr."""
+    return field(default=default, repr=not secret, metadata={"doc": doc, "bounds": bounds})
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +147,25 @@ class Settings:
         "seconds `serve` waits for connections to close on SIGTERM before it exits",
         NON_NEGATIVE,
     )
+    jwt_secret: str = setting(
+        "",
+        "shared secret (at least 32 bytes) that HS256 JWTs are signed with (empty: none)",
+        secret=True,
+    )
+    jwt_jwks: str = setting(
+        "", "JWKS of the keys RS256/PS256/ES256/EdDSA JWTs are signed with: a file or http(s) URL"
+    )
+    jwt_jwks_ttl: float = setting(
+        300.0, "seconds a fetched JWKS is used before it is fetched again", POSITIVE
+    )
+    jwt_audience: str = setting("", "when set, a JWT's `aud` must include it")
+    jwt_issuer: str = setting("", "when set, a JWT's `iss` must be it")
+    jwt_leeway: float = setting(
+        30.0, "seconds of clock skew allowed on a JWT's `exp`, `nbf` and `iat`", NON_NEGATIVE
+    )
+    token_expiry_warning: float = setting(
+        30.0, "seconds before a token expires that `token.expiring` is pushed", NON_NEGATIVE
+    )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = setting("text", "text, or json for one JSON object a line")
 
@@ -165,6 +186,12 @@ class Settings:
             problem = self.problem(f.name, value)
             if problem is not None:
                 raise SettingsError(f"{ENV_PREFIX}{f.name.upper()}={value}: {problem}")
+        if self.jwt_secret and len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            # NOTE: the value is not shown: it is a secret.
+            raise SettingsError(
+                f"{ENV_PREFIX}JWT_SECRET is {len(self.jwt_secret.encode())} bytes: "
+                f"use at least {MIN_SECRET_BYTES} random bytes"
+            )
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"{ENV_PREFIX}LOG_LEVEL={self.log_level!r}: use DEBUG, INFO, ...")
         if self.log_format not in ("text", "json"):

@@ -16,6 +16,7 @@ import msgspec
 from falcon.constants import WebSocketPayloadType
 from msgspec import Meta, Struct
 
+from .access import MAX_TOKEN_BYTES, Grant
 from .records import MAX_CONTENT_LENGTH, MAX_NAME_LENGTH, MAX_TITLE_LENGTH, Change, Report
 
 TEXT = WebSocketPayloadType.TEXT
@@ -35,7 +36,8 @@ ErrorCode = Literal[
     "not_found",  # no report by that name
     "bad_cursor",  # a cursor this server did not hand out
     "unavailable",  # the database cannot be reached now: retry later
-    "forbidden",  # this token may not write
+    "forbidden",  # this token may not: write, write that report, or refresh to another subject
+    "invalid_token",  # the token sent with ``auth`` does not authenticate
     "rate_limited",  # too many messages: wait `retry_after` seconds
 ]
 
@@ -100,7 +102,13 @@ class Remove(Request, tag="remove"):
     name: Name
 
 
-AnyRequest = Get | ListReports | Search | Subscribe | Unsubscribe | Ping | Put | Remove
+class Auth(Request, tag="auth"):
+    """Authenticate with ``token``: as the first message, or later to refresh (same subject)."""
+
+    token: Annotated[str, Meta(min_length=1, max_length=MAX_TOKEN_BYTES)]
+
+
+AnyRequest = Get | ListReports | Search | Subscribe | Unsubscribe | Ping | Put | Remove | Auth
 REQUEST_TYPES: tuple[type[Request], ...] = (
     Get,
     ListReports,
@@ -110,6 +118,7 @@ REQUEST_TYPES: tuple[type[Request], ...] = (
     Ping,
     Put,
     Remove,
+    Auth,
 )
 KNOWN_TYPES = frozenset(str(t.__struct_config__.tag) for t in REQUEST_TYPES)
 
@@ -149,6 +158,16 @@ class Pong(Struct):
 
     pong: bool
     version: int
+
+
+class Identity(Struct):
+    """Who a connection is authenticated as, what it may do, and until when (null: no expiry)."""
+
+    subject: str
+    expires_at: Timestamp | None
+    read: bool
+    write: bool
+    reports: list[str]
 
 
 class ErrorBody(Struct, omit_defaults=True):
@@ -201,6 +220,13 @@ class RemoveReply(Struct):
     result: Removed
 
 
+class AuthReply(Struct):
+    """Reply to ``auth``: the permissions now in force."""
+
+    id: RequestId
+    result: Identity
+
+
 class ErrorReply(Struct):
     """Reply to a request that failed; the connection stays open."""
 
@@ -223,6 +249,14 @@ class ResyncEvent(Struct):
     version: int
 
 
+class TokenExpiring(Struct):
+    """Pushed once, ``REPORTS_TOKEN_EXPIRY_WARNING`` seconds before the token expires: send
+    ``auth`` with a new token, or the connection is closed with 1008 ``token expired``."""
+
+    type: Literal["token.expiring"]
+    expires_at: Timestamp
+
+
 class PlainReport(Struct):
     """The tutorial's reply to a plain query."""
 
@@ -239,9 +273,11 @@ Outgoing = (
     | SubscriptionReply
     | PongReply
     | RemoveReply
+    | AuthReply
     | ErrorReply
     | ReportEvent
     | ResyncEvent
+    | TokenExpiring
 )
 
 
@@ -400,12 +436,31 @@ def echo_reply(payload: Payload) -> dict[str, Any]:
     return {"message": message, "date": datetime.now(UTC).isoformat()}
 
 
-def token_of(payload: Payload) -> str | None:
-    """The access token in a first message: the text, or a MessagePack string."""
+def identity(grant: Grant) -> Identity:
+    return Identity(grant.subject, grant.expires_at, grant.read, grant.write, list(grant.reports))
+
+
+def first_message(payload: Payload) -> tuple[str | None, Auth | None]:
+    """The access token in a first message (the text, a MessagePack string, or an ``auth``
+    request), and the request when it was one (it gets a reply)."""
     if isinstance(payload, str):
-        return payload
-    try:
-        token = unpack(payload)
-    except ProtocolError:
-        return None
-    return token if isinstance(token, str) else None
+        if not payload.startswith("{"):
+            return payload, None
+        try:
+            value: Any = _json_decode(payload)
+        except (msgspec.DecodeError, RecursionError):
+            return payload, None
+    else:
+        try:
+            value = unpack(payload)
+        except ProtocolError:
+            return None, None
+    if isinstance(value, dict) and value.get("type") == "auth":
+        try:
+            request = msgspec.convert(value, Auth)
+        except msgspec.ValidationError:
+            return None, None
+        return request.token, request
+    if isinstance(payload, str):
+        return payload, None
+    return (value, None) if isinstance(value, str) else (None, None)

@@ -68,6 +68,8 @@ class TokenInfo:
     created_at: datetime
     revoked_at: datetime | None
     can_write: bool
+    reports: tuple[str, ...] = ("*",)  # fnmatch patterns of the reports it may see
+    expires_at: datetime | None = None
 
 
 def utcnow() -> datetime:

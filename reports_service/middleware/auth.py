@@ -12,7 +12,7 @@ from ..codes import Close
 from ..errors import ServiceError
 from ..limits import FailureThrottle
 from ..metrics import AUTH_FAILURES, count_close
-from ..protocol import token_of
+from ..protocol import first_message
 from ..repository import ReportRepository
 
 logger = logging.getLogger("reports_service.auth")
@@ -61,7 +61,7 @@ class AuthMiddleware:
             await self._reject(
                 ws, req, Close.POLICY_VIOLATION, "authentication timed out", "timeout"
             )
-        token = token_of(first)  # type: ignore[arg-type]
+        token, _ = first_message(first)
         try:
             info = None if token is None else await self._repository.authenticate(token)
         except ServiceError:

@@ -1,0 +1,174 @@
+"""Who may see what: the grant a token carries, one model for database tokens and JWTs.
+
+A :class:`Grant` says who a connection is (``subject``), whether it may read and write, and
+which reports (``fnmatch`` patterns, matched case-sensitively). :class:`Authenticator` turns a
+token into a grant: a JWT-shaped token is verified as a JWT, anything else is looked up as a
+database token.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal, Protocol
+
+from .records import TokenInfo
+
+EVERY_REPORT = ("*",)
+MAX_TOKEN_BYTES = 8192
+MAX_PATTERNS = 100
+MAX_PATTERN_LENGTH = 200
+
+# NOTE: three base64url segments (the third, the signature, empty for `alg: none`); database
+#   tokens are token_urlsafe(), which has no dots.
+_JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+Kind = Literal["token", "jwt"]
+
+
+class InvalidToken(Exception):
+    """A token that does not authenticate; ``str()`` says why, for the log (never the token)."""
+
+
+class KeysUnavailable(Exception):
+    """No key can check this token now (the JWKS cannot be fetched): retry later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one authenticated token may do, and until when.
+
+    ``expires_at`` is what the token says; ``deadline`` is when the service stops honouring it
+    (``expires_at`` plus the clock-skew leeway for JWTs).
+    """
+
+    subject: str
+    kind: Kind = "token"
+    read: bool = True
+    write: bool = False
+    reports: tuple[str, ...] = EVERY_REPORT
+    expires_at: datetime | None = None
+    issued_at: datetime | None = None
+    leeway: float = 0.0
+    _match: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        matcher = None if "*" in self.reports else _matcher(self.reports)
+        object.__setattr__(self, "_match", matcher)
+
+    @property
+    def identity(self) -> tuple[Kind, str]:
+        """Two grants of one identity may replace each other on a connection (refresh)."""
+        return (self.kind, self.subject)
+
+    @property
+    def key(self) -> str:
+        """What the per-token connection cap counts."""
+        return self.subject if self.kind == "token" else f"jwt:{self.subject}"
+
+    @property
+    def deadline(self) -> datetime | None:
+        if self.expires_at is None:
+            return None
+        return self.expires_at + timedelta(seconds=self.leeway)
+
+    def covers(self, name: str) -> bool:
+        """Whether ``name`` is inside this grant's report patterns."""
+        return self._match is None or self._match.match(name) is not None
+
+    def can_read(self, name: str) -> bool:
+        return self.read and self.covers(name)
+
+    def can_write(self, name: str) -> bool:
+        return self.write and self.covers(name)
+
+    @property
+    def reads_everything(self) -> bool:
+        return self.read and self._match is None
+
+
+@functools.lru_cache(maxsize=1024)
+def _matcher(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    # NOTE: one regex for all patterns, shared by every grant with the same patterns.
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+def check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
+    """``patterns`` as a grant keeps them; ValueError with a clear message when one is bad."""
+    if not patterns:
+        raise ValueError("give at least one report pattern (`*` for every report)")
+    if len(patterns) > MAX_PATTERNS:
+        raise ValueError(f"at most {MAX_PATTERNS} report patterns")
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError("a report pattern must be a non-empty string")
+        if len(pattern) > MAX_PATTERN_LENGTH or "\x00" in pattern:
+            raise ValueError(
+                f"a report pattern must be at most {MAX_PATTERN_LENGTH} characters, without NUL"
+            )
+    return tuple(dict.fromkeys(patterns))
+
+
+def looks_like_jwt(token: str) -> bool:
+    return _JWT_SHAPE.fullmatch(token) is not None
+
+
+def grant_of(info: TokenInfo) -> Grant:
+    """The grant of a live database token."""
+    return Grant(
+        info.name,
+        "token",
+        read=True,
+        write=info.can_write,
+        reports=info.reports,
+        expires_at=info.expires_at,
+        issued_at=info.created_at,
+    )
+
+
+class Verifier(Protocol):
+    """Checks JWTs (see :mod:`reports_service.jwt_keys`)."""
+
+    async def verify(self, token: str) -> Grant:
+        """The grant of a valid JWT; raises InvalidToken, or KeysUnavailable."""
+        ...
+
+
+class TokenStore(Protocol):
+    """What the authenticator needs of the repository."""
+
+    async def authenticate(self, token: str) -> TokenInfo | None: ...
+    async def subject_revoked_at(self, subject: str) -> datetime | None: ...
+
+
+class Authenticator:
+    """Turns a token into a :class:`Grant`, whichever kind it is."""
+
+    def __init__(self, store: TokenStore, verifier: Verifier | None) -> None:
+        self._store = store
+        self._verifier = verifier
+
+    async def authenticate(self, token: str) -> Grant:
+        """The token's grant. Raises InvalidToken, KeysUnavailable, or ServiceError (the
+        database cannot be reached)."""
+        if len(token.encode("utf-8", "surrogatepass")) > MAX_TOKEN_BYTES:
+            raise InvalidToken(f"token longer than {MAX_TOKEN_BYTES} bytes")
+        if looks_like_jwt(token):
+            return await self._jwt(token)
+        info = await self._store.authenticate(token)
+        if info is None:
+            raise InvalidToken("unknown, revoked or expired token")
+        return grant_of(info)
+
+    async def _jwt(self, token: str) -> Grant:
+        if self._verifier is None:
+            raise InvalidToken("a JWT, but no JWT keys are configured")
+        grant = await self._verifier.verify(token)
+        revoked = await self._store.subject_revoked_at(grant.subject)
+        if revoked is not None and (grant.issued_at is None or grant.issued_at < revoked):
+            raise InvalidToken(f"subject {grant.subject!r} revoked")
+        return grant
