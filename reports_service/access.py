@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ MAX_PATTERN_LENGTH = 200
 #   tokens are token_urlsafe(), which has no dots.
 _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 
-Kind = Literal["token", "jwt"]
+Kind = Literal["token", "jwt", "none"]  # none: a route that does not authenticate
 
 
 class InvalidToken(Exception):
@@ -55,10 +56,15 @@ class Grant:
     issued_at: datetime | None = None
     leeway: float = 0.0
     _match: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    expires: float = field(init=False, repr=False, compare=False)  # POSIX time; inf: never
+    ends: float = field(init=False, repr=False, compare=False)  # the deadline, likewise
 
     def __post_init__(self) -> None:
         matcher = None if "*" in self.reports else _matcher(self.reports)
         object.__setattr__(self, "_match", matcher)
+        expires = math.inf if self.expires_at is None else self.expires_at.timestamp()
+        object.__setattr__(self, "expires", expires)
+        object.__setattr__(self, "ends", expires + self.leeway)
 
     @property
     def identity(self) -> tuple[Kind, str]:
@@ -90,11 +96,45 @@ class Grant:
     def reads_everything(self) -> bool:
         return self.read and self._match is None
 
+    def like(self) -> tuple[str, ...] | None:
+        """SQL LIKE patterns that match at least the readable names (None: every name), so a
+        query can skip most hidden rows; :meth:`can_read` still decides."""
+        return None if self._match is None else tuple(_like(p) for p in self.reports)
+
 
 @functools.lru_cache(maxsize=1024)
 def _matcher(patterns: tuple[str, ...]) -> re.Pattern[str]:
     # NOTE: one regex for all patterns, shared by every grant with the same patterns.
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+def _like(pattern: str) -> str:
+    """A LIKE pattern (escape ``\\``) matching every name ``pattern`` matches, and maybe more."""
+    out, i = [], 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "*":
+            out.append("%")
+        elif char == "?":
+            out.append("_")
+        elif char == "[" and (end := _bracket_end(pattern, i)) > 0:
+            out.append("_")
+            i = end
+        else:
+            out.append("\\" + char if char in "%_\\" else char)
+        i += 1
+    return "".join(out)
+
+
+def _bracket_end(pattern: str, start: int) -> int:
+    """The index of the ``]`` closing the set that opens at ``start``; 0 when none (literal)."""
+    i = start + 1
+    if i < len(pattern) and pattern[i] == "!":
+        i += 1
+    if i < len(pattern) and pattern[i] == "]":
+        i += 1
+    end = pattern.find("]", i)
+    return max(end, 0)
 
 
 def check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:

@@ -7,8 +7,10 @@ from typing import Any
 
 import falcon.asgi
 
+from .access import Authenticator
 from .config import Settings
 from .feed import ChangeFeed
+from .jwt_keys import verifier_for
 from .limits import FailureThrottle
 from .logs import configure_logging
 from .middleware import AuthMiddleware, LifecycleMiddleware, LoggingMiddleware, OriginMiddleware
@@ -44,13 +46,14 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
         repository, registry, interval=settings.token_recheck, send_timeout=settings.send_timeout
     )
     throttle = FailureThrottle(limit=settings.auth_failures, window=settings.auth_failure_window)
+    authenticator = Authenticator(repository, verifier_for(settings))
 
     middleware: list[Any] = [
         LifecycleMiddleware(repository, feed, registry, guard, settings.masked_database_url()),
         LoggingMiddleware(),
         OriginMiddleware(settings.allowed_origins),
         AuthMiddleware(
-            repository, PROTECTED_ROUTES, timeout=settings.auth_timeout, throttle=throttle
+            authenticator, PROTECTED_ROUTES, timeout=settings.auth_timeout, throttle=throttle
         ),
     ]
     app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=middleware)
@@ -63,7 +66,7 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
     app.add_route("/", IndexResource())
     app.add_route("/hello", HelloResource())
     app.add_route("/echo", EchoResource(registry, settings))
-    app.add_route("/reports", ReportsResource(service, registry, settings))
+    app.add_route("/reports", ReportsResource(service, registry, settings, authenticator))
     app.add_route("/asyncapi.json", AsyncAPIResource())
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(repository))

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from .transport import CLIENT_FAULTS
 
 connection_id: ContextVar[str] = ContextVar("connection_id", default="-")
+subject: ContextVar[str] = ContextVar("subject", default="")  # who the connection is, once known
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(conn)s] %(message)s"
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
@@ -21,12 +22,19 @@ def new_connection_id() -> str:
     """Tag every log line from here on in this task (one WebSocket connection) with a new id."""
     value = uuid.uuid4().hex[:12]
     connection_id.set(value)
+    subject.set("")
     return value
+
+
+def _conn() -> str:
+    """The connection's id, and its subject once authenticated (never its token)."""
+    who = subject.get()
+    return f"{connection_id.get()} {who}" if who else connection_id.get()
 
 
 class ConnectionFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.conn = connection_id.get()
+        record.conn = _conn()
         return True
 
 
@@ -39,8 +47,10 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
-            "conn": getattr(record, "conn", connection_id.get()),
+            "conn": connection_id.get(),
         }
+        if who := subject.get():
+            line["subject"] = who
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)

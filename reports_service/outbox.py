@@ -11,6 +11,7 @@ from falcon import WebSocketDisconnected
 from falcon.constants import WebSocketPayloadType
 
 from . import tasks
+from .access import Grant
 from .codes import Close
 
 logger = logging.getLogger("reports_service.session")
@@ -23,6 +24,9 @@ class Peer(Protocol):
     """The connection a session talks to (resources.connection.Connection)."""
 
     subscribed: bool
+    grant: Grant
+
+    def refreshed(self, grant: Grant) -> None: ...
 
     async def send(self, message: object, kind: WebSocketPayloadType) -> None: ...
 

@@ -151,14 +151,22 @@ class ReportRepository:
 
     @_translate_errors
     async def recent_reports(
-        self, *, limit: int, before: int | None = None, text: str | None = None
+        self,
+        *,
+        limit: int,
+        before: int | None = None,
+        text: str | None = None,
+        like: Sequence[str] | None = None,
     ) -> list[ReportRecord]:
-        """Newest change first, from version ``before`` down; ``text`` filters title/content."""
+        """Newest change first, from version ``before`` down; ``text`` filters title/content,
+        ``like`` (SQL LIKE patterns, ``\\`` escapes) names."""
         if text and "\x00" in text:
             return []
         stmt = select(*_REPORT_COLUMNS).order_by(reports.c.version.desc()).limit(limit)
         if before is not None:
             stmt = stmt.where(reports.c.version < before)
+        if like is not None:
+            stmt = stmt.where(or_(*(reports.c.name.like(p, escape="\\") for p in like)))
         if text:
             stmt = stmt.where(
                 or_(
@@ -306,8 +314,10 @@ class ReportRepository:
         limit: int,
         upto: int | None = None,
         names: Collection[str] | None = None,
+        like: Sequence[str] | None = None,
     ) -> list[Change]:
-        """Changes after ``version`` (up to ``upto``), oldest first; only to ``names`` if given."""
+        """Changes after ``version`` (up to ``upto``), oldest first; only to ``names`` if given,
+        and to names matching one of ``like`` (as in :meth:`recent_reports`)."""
         stmt = (
             select(changelog)
             .where(changelog.c.version > version)
@@ -318,6 +328,8 @@ class ReportRepository:
             stmt = stmt.where(changelog.c.version <= upto)
         if names is not None:
             stmt = stmt.where(changelog.c.name.in_([n for n in names if "\x00" not in n]))
+        if like is not None:
+            stmt = stmt.where(or_(*(changelog.c.name.like(p, escape="\\") for p in like)))
         async with self.engine.connect() as conn:
             rows = await conn.execute(stmt)
             return [Change(row.version, row.op, _to_report(row), row.changed_at) for row in rows]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 
+from .access import Grant
 from .feed import ChangeFeed, Subscriber
 from .metrics import query_done
 from .protocol import (
@@ -25,7 +26,7 @@ from .protocol import (
     report_out,
     report_reply,
 )
-from .records import Change, NewReport
+from .records import Change, NewReport, Report
 from .repository import ReportRepository
 
 REPLAY_BATCH = 500
@@ -33,29 +34,45 @@ REPLAY_BATCH = 500
 
 class ReportService:
     """Requests (the plain tutorial query, get, list, search, ping, put, remove) and the
-    change feed's subscriptions, on the repository and the feed it is given."""
+    change feed's subscriptions, on the repository and the feed it is given.
+
+    Every request is answered within a :class:`Grant`: a report it may not read answers as
+    one that does not exist, and a write outside it is ``forbidden``.
+    """
 
     def __init__(self, repository: ReportRepository, feed: ChangeFeed) -> None:
         self._repository = repository
         self._feed = feed
 
-    async def plain(self, name: str) -> dict[str, str]:
-        return report_reply(await self._feed.report(name))
+    async def plain(self, name: str, grant: Grant) -> dict[str, str]:
+        return report_reply(await self._feed.report(name) if grant.can_read(name) else None)
 
-    async def get(self, request: Get) -> GetReply:
-        report = await self._feed.report(request.name)
+    async def get(self, request: Get, grant: Grant) -> GetReply:
+        report = await self._feed.report(request.name) if grant.can_read(request.name) else None
         if report is None:
             raise RequestError("not_found", f"no report named {request.name!r}")
         return GetReply(request.id, report_out(report))
 
-    async def page(self, request: ListReports | Search) -> PageReply:
+    async def page(self, request: ListReports | Search, grant: Grant) -> PageReply:
         before = _cursor(request.cursor)
         text = request.q if isinstance(request, Search) else None
-        started = time.perf_counter()
-        found = await self._repository.recent_reports(
-            limit=request.limit + 1, before=before, text=text
-        )
-        query_done(started)
+        if not grant.read:
+            return PageReply(request.id, Page([], None))
+        like, wanted = grant.like(), request.limit + 1
+        found: list[Report] = []
+        while len(found) < wanted:
+            # NOTE: LIKE narrows the rows in the query (SQLite's is case-insensitive, so it
+            #   may keep some a pattern does not match); can_read decides, and the loop goes on
+            #   past hidden rows until the page is full.
+            started = time.perf_counter()
+            batch = await self._repository.recent_reports(
+                limit=wanted, before=before, text=text, like=like
+            )
+            query_done(started)
+            found.extend(r for r in batch if grant.can_read(r.name))
+            if len(batch) < wanted:
+                break
+            before = batch[-1].version
         more = len(found) > request.limit
         found = found[: request.limit]
         cursor = str(found[-1].version) if more else None
@@ -64,7 +81,8 @@ class ReportService:
     def ping(self, request: Ping) -> PongReply:
         return PongReply(request.id, Pong(True, self.version or 0))
 
-    async def put(self, request: Put) -> GetReply:
+    async def put(self, request: Put, grant: Grant) -> GetReply:
+        _check_write(grant, request.name)
         try:
             report = NewReport(request.name, request.title, request.content)
         except ValueError as error:
@@ -76,7 +94,8 @@ class ReportService:
             raise RequestError("not_found", f"no report named {request.name!r}")
         return GetReply(request.id, report_out(stored))
 
-    async def remove(self, request: Remove) -> RemoveReply:
+    async def remove(self, request: Remove, grant: Grant) -> RemoveReply:
+        _check_write(grant, request.name)
         version = await self._repository.remove_report(name=request.name)
         self._feed.written()
         if version is None:
@@ -102,18 +121,22 @@ class ReportService:
         return await self._repository.changelog_bounds()
 
     async def replay(
-        self, since: int, *, upto: int, names: Collection[str] | None, most: int
+        self, since: int, *, upto: int, names: Collection[str] | None, most: int, grant: Grant
     ) -> list[Change]:
-        """The changes after ``since`` up to ``upto`` (to ``names`` if given), oldest first.
+        """The changes after ``since`` up to ``upto`` (to ``names`` if given) that ``grant``
+        may read, oldest first.
 
         A RequestError when there are more than ``most``: the client fetches again instead.
         """
         found: list[Change] = []
+        if not grant.read:
+            return found
+        like = grant.like()
         while True:
             batch = await self._repository.changes_since(
-                since, limit=REPLAY_BATCH, upto=upto, names=names
+                since, limit=REPLAY_BATCH, upto=upto, names=names, like=like
             )
-            found.extend(batch)
+            found.extend(c for c in batch if grant.can_read(c.report.name))
             if len(found) > most:
                 raise RequestError(
                     "invalid_request",
@@ -123,6 +146,13 @@ class ReportService:
             if len(batch) < REPLAY_BATCH:
                 return found
             since = batch[-1].version
+
+
+def _check_write(grant: Grant, name: str) -> None:
+    if not grant.write:
+        raise RequestError("forbidden", "this token may not write")
+    if not grant.covers(name):
+        raise RequestError("forbidden", f"this token may not write {name!r}")
 
 
 def _cursor(cursor: str | None) -> int | None:

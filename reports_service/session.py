@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .access import Authenticator, Grant, InvalidToken, KeysUnavailable
 from .errors import DatabaseUnavailable, ServiceError
 from .metrics import MESSAGE_TALLY, REPLY_TALLY
 from .outbox import Outbox, Peer
@@ -12,6 +13,8 @@ from .protocol import (
     REPORT_NOT_FOUND,
     UNAVAILABLE,
     AnyRequest,
+    Auth,
+    AuthReply,
     Get,
     ListReports,
     Payload,
@@ -25,10 +28,12 @@ from .protocol import (
     Subscribe,
     Subscription,
     SubscriptionReply,
+    TokenExpiring,
     Unsubscribe,
     decode,
     error_reply,
     event_frame,
+    identity,
     request_id,
 )
 from .records import Change
@@ -42,8 +47,8 @@ class ReportsSession:
 
     # NOTE: one per connection, so slots (see resources.connection.Connection on memory).
     __slots__ = (
+        "_authenticator",
         "_binary",
-        "_can_write",
         "_delivered",
         "_held",
         "_names",
@@ -60,10 +65,10 @@ class ReportsSession:
         service: ReportService,
         *,
         queue_size: int,
-        can_write: bool = False,
+        authenticator: Authenticator | None = None,
     ) -> None:
-        self._peer = peer
-        self._can_write = can_write
+        self._peer = peer  # NOTE: its ``grant`` is what this connection may do, refreshed by auth
+        self._authenticator = authenticator
         self._service = service
         self._queue_size = queue_size
         self._outbox: Outbox | None = None  # NOTE: made on the first push: most never subscribe
@@ -96,7 +101,7 @@ class ReportsSession:
             return {"error": str(error)}, "invalid", "invalid_request"
         if isinstance(message, str):
             try:
-                reply = await self._service.plain(message)
+                reply = await self._service.plain(message, self._peer.grant)
             except ServiceError as error:
                 logger.warning("query failed: %s", error)
                 return UNAVAILABLE, "plain", "unavailable"
@@ -112,26 +117,51 @@ class ReportsSession:
             return failed, str(kind), "unavailable"
 
     async def _dispatch(self, request: AnyRequest, binary: bool) -> Any:
+        grant = self._peer.grant
         match request:
             case Get():
-                return await self._service.get(request)
+                return await self._service.get(request, grant)
             case ListReports() | Search():
-                return await self._service.page(request)
+                return await self._service.page(request, grant)
             case Ping():
                 return self._service.ping(request)
             case Subscribe():
                 await self._subscribe(request, binary)
             case Unsubscribe():
                 self._unsubscribe(request, binary)
-            case Put() | Remove():
-                if not self._can_write:
-                    raise RequestError(
-                        "forbidden", "this token may not write: create one with --write"
-                    )
-                if isinstance(request, Put):
-                    return await self._service.put(request)
-                return await self._service.remove(request)
+            case Put():
+                return await self._service.put(request, grant)
+            case Remove():
+                return await self._service.remove(request, grant)
+            case Auth():
+                return await self._refresh(request)
         return None
+
+    async def _refresh(self, request: Auth) -> AuthReply:
+        """Replace the connection's token by a new one of the same subject."""
+        if self._authenticator is None:
+            raise RequestError("invalid_request", "this connection does not authenticate")
+        try:
+            grant = await self._authenticator.authenticate(request.token)
+        except InvalidToken as error:
+            logger.info("refresh refused: %s", error)
+            raise RequestError("invalid_token", "invalid token") from None
+        except KeysUnavailable as error:
+            logger.warning("refresh not checked: %s", error)
+            raise RequestError("unavailable", "the token cannot be checked now, retry later")
+        old = self._peer.grant
+        if grant.identity != old.identity:
+            logger.info("refresh refused: %r is not %r", grant.subject, old.subject)
+            raise RequestError("forbidden", "a new token must be of the same subject")
+        self._peer.refreshed(grant)
+        logger.info("token refreshed for %r, expires %s", grant.subject, grant.expires_at)
+        return AuthReply(request.id, identity(grant))
+
+    def token_expiring(self) -> None:
+        """Warn the client that its token expires soon (see the registry's watchdog)."""
+        expires_at = self._peer.grant.expires_at
+        if expires_at is not None:
+            self._push(TokenExpiring("token.expiring", expires_at))
 
     # -- subscriptions ---------------------------------------------------------------------
 
@@ -178,7 +208,9 @@ class ReportsSession:
 
     async def _replay(self, since: int, upto: int) -> list[Change]:
         most = self._queue_size
-        return await self._service.replay(since, upto=upto, names=self._names, most=most)
+        return await self._service.replay(
+            since, upto=upto, names=self._names, most=most, grant=self._peer.grant
+        )
 
     def _reply_subscription(self, rid: Any, binary: bool) -> None:
         names = None if self._names is None else sorted(self._names)
@@ -211,9 +243,10 @@ class ReportsSession:
         return self._outbox.depth if self._outbox is not None else 0
 
     def deliver(self, change: Change) -> None:
-        if not self._subscribed or (
-            self._names is not None and change.report.name not in self._names
-        ):
+        name = change.report.name
+        if not self._subscribed or (self._names is not None and name not in self._names):
+            return
+        if not self._peer.grant.can_read(name):
             return
         if self._held is not None:
             self._held.append(change)

@@ -20,6 +20,7 @@ from typing import Any
 
 from falcon import WebSocketDisconnected
 from falcon.asgi import Request, WebSocket
+from falcon.asgi.ws import _WebSocketState
 
 from .metrics import count_close
 
@@ -32,6 +33,7 @@ HANDSHAKE_KEPT = "idle connections keep uvicorn's handshake response (memory sav
 HEADERS_KEPT = "idle connections keep Falcon's copy of the request headers (memory saving off)"
 RECEIVER_KEPT = "idle connections keep a Falcon receive buffer each (memory saving off)"
 CLIENT_FAULTS_OFF = "a client's invalid UTF-8 is logged by uvicorn as an ERROR with a traceback"
+DENIAL_OFF = "refused handshakes get Falcon's HTTP 403, not a 401 with WWW-Authenticate"
 LATE_THREADS_OFF = "a late error in aiosqlite's worker thread may print a traceback in the CLI"
 NOT_UVICORN = (
     "connections not served by uvicorn keep the server's handshake state, "
@@ -118,6 +120,10 @@ def _handshake_holds() -> bool:
     return _uvicorn_send_is_bound() and needed <= _code_words(_uvicorn_class())
 
 
+def _denial_holds() -> bool:
+    return {"_asgi_send", "_state"} <= _slots(WebSocket) and hasattr(_WebSocketState, "CLOSED")
+
+
 def _headers_hold() -> bool:
     return "_asgi_headers" in _slots(Request)
 
@@ -150,6 +156,7 @@ _PROBES: list[tuple[str, Callable[[], bool]]] = [
     (RECEIVER_KEPT, _receiver_holds),
     (CLIENT_FAULTS_OFF, _client_faults_hold),
     (LATE_THREADS_OFF, _late_threads_hold),
+    (DENIAL_OFF, _denial_holds),
 ]
 
 
@@ -193,6 +200,30 @@ def abort(ws: WebSocket) -> None:
     count_close(1006)
     with contextlib.suppress(Exception):
         drop()
+
+
+async def deny(
+    req: Request, ws: WebSocket, status: int, headers: dict[str, str], detail: str
+) -> None:
+    """Refuse the handshake with an HTTP response (ASGI's denial response) where the server
+    offers one; else Falcon's refusal, which servers send as HTTP 403."""
+    if "websocket.http.response" not in req.scope.get("extensions", {}) or not _denial_holds():
+        await ws.close()
+        return
+    body = (detail + "\n").encode()
+    head = {**headers, "content-type": "text/plain; charset=utf-8"}
+    start = {
+        "type": "websocket.http.response.start",
+        "status": status,
+        "headers": [(k.encode(), v.encode()) for k, v in head.items()],
+    }
+    try:
+        await ws._asgi_send(start)  # type: ignore[attr-defined]
+        await ws._asgi_send({"type": "websocket.http.response.body", "body": body})  # type: ignore[attr-defined]
+    except Exception:  # NOTE: the client left before its answer: nothing to tell anyone
+        logger.debug("the client left before its handshake was refused")
+    # NOTE: so that Falcon does not send a close of its own after the response.
+    ws._state = _WebSocketState.CLOSED  # type: ignore[attr-defined]
 
 
 def trim(req: Request, ws: WebSocket) -> None:

@@ -8,35 +8,40 @@ from typing import Any, NoReturn
 from falcon import WebSocketDisconnected
 from falcon.asgi import Request, WebSocket
 
+from .. import transport
+from ..access import Authenticator, Grant, InvalidToken, KeysUnavailable
 from ..codes import Close
 from ..errors import ServiceError
 from ..limits import FailureThrottle
+from ..logs import subject
 from ..metrics import AUTH_FAILURES, count_close
-from ..protocol import first_message
-from ..repository import ReportRepository
+from ..protocol import AuthReply, first_message, identity, payload_type
 
 logger = logging.getLogger("reports_service.auth")
 
 POLICY = Close.POLICY_VIOLATION
+BEARER = {"www-authenticate": "Bearer"}
+INVALID_BEARER = {"www-authenticate": 'Bearer error="invalid_token"'}
 
 
 class AuthMiddleware:
-    """First-message authentication for the routes it protects, and only those.
+    """Authentication for the routes it protects, and only those: at the handshake with an
+    ``Authorization: Bearer`` header, or else by the first message.
 
-    The connection is accepted, the first message must be a live access token, sent within
-    ``timeout`` seconds; otherwise the connection is closed with 1008 (policy
-    violation) before the route runs.
+    A bad header refuses the handshake (HTTP 401). Without one, the connection is accepted
+    and its first message must be a live token (or an ``auth`` request), sent within
+    ``timeout`` seconds; otherwise it is closed with 1008 before the route runs.
     """
 
     def __init__(
         self,
-        repository: ReportRepository,
+        authenticator: Authenticator,
         protected: Iterable[str],
         *,
         timeout: float,
         throttle: FailureThrottle,
     ) -> None:
-        self._repository = repository
+        self._authenticator = authenticator
         self._protected = frozenset(protected)
         self._timeout = timeout
         self._throttle = throttle
@@ -48,29 +53,79 @@ class AuthMiddleware:
         #   anything is accepted (the tutorial accepted every path first).
         if req.uri_template not in self._protected:
             return
+        header = req.get_header("Authorization")
+        if header is not None:
+            await self._at_handshake(req, ws, header)
+            return
         await ws.accept()
         address = req.remote_addr or "-"
         if self._throttle.blocked_for(address):
-            await self._reject(
-                ws, req, Close.POLICY_VIOLATION, "too many failed logins", "throttled"
-            )
+            await self._reject(ws, req, POLICY, "too many failed logins", "throttled")
         try:
             first = await asyncio.wait_for(ws.receive_media(), self._timeout)
         except TimeoutError:
             self._throttle.failed(address)
-            await self._reject(
-                ws, req, Close.POLICY_VIOLATION, "authentication timed out", "timeout"
-            )
-        token, _ = first_message(first)
+            await self._reject(ws, req, POLICY, "authentication timed out", "timeout")
+        assert isinstance(first, str | bytes)
+        token, request = first_message(first)
         try:
-            info = None if token is None else await self._repository.authenticate(token)
-        except ServiceError:
-            await self._reject(ws, req, Close.TRY_AGAIN_LATER, "service unavailable", "unavailable")
-        if info is None:
+            if token is None:
+                raise InvalidToken("the first message is not a token")
+            grant = await self._authenticator.authenticate(token)
+        except InvalidToken as error:
             self._throttle.failed(address)
+            logger.info("login refused for %s: %s", address, error)
             await self._reject(ws, req, POLICY, "invalid token", "invalid_token")
-        req.context.token = info
-        logger.info("authenticated %s as %r", req.remote_addr, info.name)
+        except (KeysUnavailable, ServiceError) as error:
+            logger.warning("login not checked for %s: %s", address, error)
+            reason = "service unavailable"
+            await self._reject(ws, req, Close.TRY_AGAIN_LATER, reason, "unavailable")
+        self._admit(req, grant)
+        if request is not None:
+            await ws.send_media(AuthReply(request.id, identity(grant)), payload_type(first))
+
+    async def _at_handshake(self, req: Request, ws: WebSocket, header: str) -> None:
+        address = req.remote_addr or "-"
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            await self._deny(req, ws, 401, BEARER, "use Authorization: Bearer <token>", "invalid")
+        if wait := self._throttle.blocked_for(address):
+            retry = {"retry-after": str(max(1, round(wait)))}
+            await self._deny(req, ws, 429, retry, "too many failed logins", "throttled")
+        try:
+            grant = await self._authenticator.authenticate(token.strip())
+        except InvalidToken as error:
+            self._throttle.failed(address)
+            logger.info("login refused for %s: %s", address, error)
+            await self._deny(req, ws, 401, INVALID_BEARER, "invalid token", "invalid_token")
+        except (KeysUnavailable, ServiceError) as error:
+            logger.warning("login not checked for %s: %s", address, error)
+            retry = {"retry-after": "5"}
+            await self._deny(req, ws, 503, retry, "service unavailable", "unavailable")
+        self._admit(req, grant)
+        await ws.accept()
+
+    @staticmethod
+    def _admit(req: Request, grant: Grant) -> None:
+        req.context.grant = grant
+        subject.set(grant.subject)
+        expires = grant.expires_at.isoformat() if grant.expires_at else "never"
+        logger.info(
+            "authenticated %s as %r (%s, expires %s)",
+            req.remote_addr,
+            grant.subject,
+            grant.kind,
+            expires,
+        )
+
+    @staticmethod
+    async def _deny(
+        req: Request, ws: WebSocket, status: int, headers: dict[str, str], why: str, metric: str
+    ) -> NoReturn:
+        logger.info("refused the handshake of %s on %s: %s", req.remote_addr, req.path, why)
+        AUTH_FAILURES.labels(metric).inc()
+        await transport.deny(req, ws, status, headers, why)
+        raise WebSocketDisconnected(POLICY)
 
     @staticmethod
     async def _reject(

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from falcon.asgi import WebSocket
 from falcon.constants import WebSocketPayloadType
 
 from .. import transport
+from ..access import Grant
 from ..codes import Close
 from ..config import Settings
 from ..limits import RateLimiter, Refused
 from ..metrics import count_close
 from ..protocol import Payload
+
+
+# NOTE: the grant of a connection on a route that does not authenticate (/echo): nothing.
+ANONYMOUS = Grant("-", "none", read=False)
+
+
+class ExpiryListener(Protocol):
+    def token_expiring(self) -> None:
+        """The connection's token expires in less than the warning time."""
 
 
 async def close(ws: WebSocket, code: Close, reason: str, within: float) -> None:
@@ -33,7 +44,10 @@ class Connection:
     __slots__ = (
         "_limiter",
         "_settings",
+        "expiry_warned",
+        "grant",
         "last_seen",
+        "listener",
         "route",
         "sending_since",
         "subscribed",
@@ -42,16 +56,24 @@ class Connection:
     )
 
     def __init__(
-        self, ws: WebSocket, route: str, settings: Settings, token: str | None = None
+        self, ws: WebSocket, route: str, settings: Settings, grant: Grant | None = None
     ) -> None:
         self.ws = ws
         self.route = route
-        self.token = token
+        self.grant: Grant = grant or ANONYMOUS
+        self.token = grant.key if grant is not None else None  # what the per-token cap counts
+        self.listener: ExpiryListener | None = None
+        self.expiry_warned = False
         self.last_seen = time.monotonic()
         self.sending_since = 0.0  # 0: no send under way
         self.subscribed = False  # True: not idle, even without messages
         self._settings = settings
         self._limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+
+    def refreshed(self, grant: Grant) -> None:
+        """From now on the connection may do what ``grant`` says (same identity)."""
+        self.grant = grant
+        self.expiry_warned = False
 
     def received(self, payload: Payload) -> bool:
         """Takes note of a message; False when it is over the size limit."""
@@ -79,8 +101,19 @@ class Connection:
         finally:
             self.sending_since = 0.0
 
-    async def close(self, code: Close, reason: str) -> None:
-        await close(self.ws, code, reason, self._settings.send_timeout)
+    # NOTE: the grant of a connection on a route that does not authenticate (/echo): nothing.
+
+
+ANONYMOUS = Grant("-", "none", read=False)
+
+
+class ExpiryListener(Protocol):
+    def token_expiring(self) -> None:
+        """The connection's token expires in less than the warning time."""
+
+
+async def close(self, code: Close, reason: str) -> None:
+    await close(self.ws, code, reason, self._settings.send_timeout)
 
 
 def _too_big(payload: Payload, limit: int) -> bool:

@@ -14,7 +14,7 @@ from ..errors import ServiceError
 from ..limits import Refused
 from ..metrics import CONNECTIONS
 from ..repository import ReportRepository
-from .connection import Connection, close
+from .connection import ANONYMOUS, Connection, close
 
 logger = logging.getLogger("reports_service.limits")
 
@@ -33,11 +33,13 @@ class ConnectionRegistry:
         max_per_token: int,
         idle_timeout: float = 0.0,
         send_timeout: float = 10.0,
+        expiry_warning: float = 30.0,
     ) -> None:
         self.max_total = max_total
         self.max_per_token = max_per_token
         self._idle_timeout = idle_timeout
         self._send_timeout = send_timeout
+        self._expiry_warning = expiry_warning
         self._open: set[Connection] = set()
         self._per_token: Counter[str] = Counter()
         self._watchdog: asyncio.Task[None] | None = None
@@ -68,10 +70,15 @@ class ConnectionRegistry:
                 del self._per_token[token]
 
     def tokens(self) -> list[str]:
-        return list(self._per_token)
+        """The names of the database tokens open connections use."""
+        return list({conn.grant.subject for conn in self._open if conn.grant.kind == "token"})
 
-    def with_token(self, token: str) -> list[Connection]:
-        return [conn for conn in self._open if conn.token == token]
+    def subjects(self) -> list[str]:
+        """The subjects of the JWTs open connections use."""
+        return list({conn.grant.subject for conn in self._open if conn.grant.kind == "jwt"})
+
+    def with_identity(self, kind: str, subject: str) -> list[Connection]:
+        return [c for c in self._open if c.grant.kind == kind and c.grant.subject == subject]
 
     async def start(self) -> None:
         if self._watchdog is None:
@@ -87,9 +94,11 @@ class ConnectionRegistry:
         tick = min(1.0, max(0.05, min(limits, default=1.0) / 4))
         while True:
             await asyncio.sleep(tick)
-            now = time.monotonic()
+            now, wall = time.monotonic(), time.time()
             for conn in list(self._open):
                 self._check(conn, now)
+                if conn.grant.expires - self._expiry_warning <= wall:
+                    self._check_expiry(conn, wall)
             metrics.flush()  # NOTE: housekeeping of the same kind: every worker, every tick
 
     def _check(self, conn: Connection, now: float) -> None:
@@ -105,6 +114,18 @@ class ConnectionRegistry:
             logger.info("closing an idle connection on %s", conn.route)
             closing = close(conn.ws, Close.GOING_AWAY, "idle timeout", self._send_timeout)
             tasks.spawn(closing, name="close-idle")
+
+    def _check_expiry(self, conn: Connection, wall: float) -> None:
+        grant = conn.grant
+        if wall >= grant.ends:
+            logger.info("closing a connection of %r: token expired", grant.subject)
+            conn.refreshed(ANONYMOUS)  # NOTE: nothing more is answered or pushed meanwhile
+            reason = "token expired"
+            closing = close(conn.ws, Close.POLICY_VIOLATION, reason, self._send_timeout)
+            tasks.spawn(closing, name="close-expired")
+        elif not conn.expiry_warned and conn.listener is not None:
+            conn.expiry_warned = True
+            conn.listener.token_expiring()
 
 
 class TokenGuard:
@@ -136,25 +157,31 @@ class TokenGuard:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            names = self._registry.tokens()
-            if not names:
-                continue
+            names, subjects = self._registry.tokens(), self._registry.subjects()
             try:
-                revoked = await self._repository.revoked_tokens(names)
+                revoked = await self._repository.revoked_tokens(names) if names else []
+                since = await self._repository.revoked_subjects(subjects) if subjects else {}
             except ServiceError as error:
                 logger.warning("cannot check for revoked tokens: %s", error)
                 continue
-            await self._close(revoked)
+            doomed = [c for name in revoked for c in self._registry.with_identity("token", name)]
+            for subject, at in since.items():
+                doomed.extend(
+                    conn
+                    for conn in self._registry.with_identity("jwt", subject)
+                    if conn.grant.issued_at is None or conn.grant.issued_at < at
+                )
+            await self._close(doomed)
 
-    async def _close(self, revoked: list[str]) -> None:
+    async def _close(self, doomed: list[Connection]) -> None:
         # NOTE: all at once: one peer that does not read its close frame must not hold up the
         #   others for a send timeout each.
         closing = []
-        for name in revoked:
-            for conn in self._registry.with_token(name):
-                logger.info("closing a connection of revoked token %r", name)
-                reason = "token revoked"
-                closing.append(close(conn.ws, Close.POLICY_VIOLATION, reason, self._send_timeout))
+        for conn in doomed:
+            logger.info("closing a connection of revoked %r", conn.grant.subject)
+            conn.refreshed(ANONYMOUS)
+            reason = "token revoked"
+            closing.append(close(conn.ws, Close.POLICY_VIOLATION, reason, self._send_timeout))
         await asyncio.gather(*closing)
 
 
@@ -164,4 +191,5 @@ def registry_for(settings: Settings) -> ConnectionRegistry:
         max_per_token=settings.max_connections_per_token,
         idle_timeout=settings.idle_timeout,
         send_timeout=settings.send_timeout,
+        expiry_warning=settings.token_expiry_warning,
     )

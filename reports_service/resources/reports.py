@@ -4,9 +4,9 @@ from typing import Any
 
 from falcon.asgi import Request
 
+from ..access import Authenticator, Grant
 from ..config import Settings
 from ..protocol import Payload, rate_limited
-from ..records import TokenInfo
 from ..service import ReportService
 from ..session import ReportsSession
 from .connection import Connection
@@ -20,27 +20,33 @@ class ReportsResource(WebSocketRoute[ReportsSession]):
     route = "/reports"
 
     def __init__(
-        self, service: ReportService, registry: ConnectionRegistry, settings: Settings
+        self,
+        service: ReportService,
+        registry: ConnectionRegistry,
+        settings: Settings,
+        authenticator: Authenticator,
     ) -> None:
         super().__init__(registry, settings)
         self._service = service
+        self._authenticator = authenticator
 
-    def token_name(self, req: Request) -> str | None:
-        token: TokenInfo | None = getattr(req.context, "token", None)
-        return token.name if token else None
+    def grant_of(self, req: Request) -> Grant | None:
+        # NOTE: taken off the request, which lives as long as the connection: the connection
+        #   keeps it, and a refresh replaces it there.
+        grant: Grant | None = getattr(req.context, "grant", None)
+        if grant is not None:
+            del req.context.grant
+        return grant
 
     def open(self, req: Request, conn: Connection) -> ReportsSession:
-        # NOTE: taken off the request, which lives as long as the connection: the session and
-        #   the connection keep what they need of it.
-        token: TokenInfo | None = getattr(req.context, "token", None)
-        if token is not None:
-            del req.context.token
-        return ReportsSession(
+        session = ReportsSession(
             conn,
             self._service,
             queue_size=self._settings.subscriber_queue,
-            can_write=bool(token and token.can_write),
+            authenticator=self._authenticator,
         )
+        conn.listener = session
+        return session
 
     async def answer(self, state: ReportsSession, conn: Connection, payload: Payload) -> Any:
         wait = conn.throttle()

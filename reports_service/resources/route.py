@@ -9,6 +9,7 @@ from falcon import WebSocketDisconnected
 from falcon.asgi import Request, WebSocket
 
 from .. import transport
+from ..access import Grant
 from ..codes import Close
 from ..config import Settings
 from ..limits import Refused
@@ -47,15 +48,15 @@ class WebSocketRoute(Generic[S]):
     async def finish(self, state: S) -> None:
         """The connection is over (its state was made by :meth:`open`)."""
 
-    def token_name(self, req: Request) -> str | None:
-        """The token the connection counts against (its per-token cap), if any."""
+    def grant_of(self, req: Request) -> Grant | None:
+        """What the connection's token may do (it counts against the per-token cap), if any."""
         return None
 
     async def on_websocket(self, req: Request, ws: WebSocket) -> None:
         if ws.unaccepted:
             await ws.accept()
         transport.trim(req, ws)
-        conn = Connection(ws, self.route, self._settings, self.token_name(req))
+        conn = Connection(ws, self.route, self._settings, self.grant_of(req))
         try:
             await self._serve(req, conn)
         except Refused as refused:
@@ -71,6 +72,7 @@ class WebSocketRoute(Generic[S]):
             try:
                 await self._receive(state, conn)
             finally:
+                conn.listener = None  # NOTE: the session may hold the connection: no cycle
                 await self.finish(state)
         finally:
             self._registry.release(conn)
