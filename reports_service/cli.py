@@ -5,19 +5,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
+import re
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from .access import MAX_TOKEN_BYTES, check_patterns, looks_like_jwt
 from .config import NON_NEGATIVE, Settings, SettingsError
 from .db import DatabaseURLError, sqlite_path
 from .errors import ServiceError, first_line
 from .migrate import head_revision, require_head, upgrade
-from .records import NewReport, new_token
+from .records import NewReport, TokenInfo, new_token, utcnow
 from .repository import ReportRepository, repository_for
 from .transport import quiet_late_driver_threads
 
@@ -88,12 +92,20 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     create.add_argument(
         "--write", action="store_true", help="may also put and remove reports over /reports"
     )
+    create.add_argument(
+        "--reports",
+        nargs="+",
+        metavar="PATTERN",
+        help="only the reports whose names match these fnmatch patterns (default: *)",
+    )
+    create.add_argument("--expires", metavar="DURATION", help="expire after e.g. 90s, 12h, 30d, 2w")
     create.set_defaults(handler=run_async(cmd_token_create))
-    tsub.add_parser("list", help="token names and dates (never the tokens)").set_defaults(
+    tsub.add_parser("list", help="tokens and what they may do (never the tokens)").set_defaults(
         handler=run_async(cmd_token_list)
     )
-    revoke = tsub.add_parser("revoke", help="revoke a token: it no longer authenticates")
-    revoke.add_argument("name")
+    revoke = tsub.add_parser("revoke", help="revoke a token, or every JWT of a subject")
+    revoke.add_argument("name", nargs="?")
+    revoke.add_argument("--subject", metavar="SUB", help="refuse JWTs of SUB issued until now")
     revoke.set_defaults(handler=run_async(cmd_token_revoke))
 
     serve = sub.add_parser("serve", help="run the server with production settings")
@@ -237,20 +249,71 @@ async def cmd_token_create(args: argparse.Namespace, repository: ReportRepositor
     token = args.value if args.value is not None else new_token()
     if not token.strip():
         raise CommandError("a token must not be empty")
-    await repository.create_token(name=args.name, token=token, can_write=args.write)
+    if looks_like_jwt(token) or len(token.encode("utf-8", "surrogatepass")) > MAX_TOKEN_BYTES:
+        raise CommandError(
+            f"--value: a token must be at most {MAX_TOKEN_BYTES} bytes and not look like a JWT"
+        )
+    try:
+        reports = check_patterns(args.reports if args.reports is not None else ["*"])
+    except ValueError as error:
+        raise CommandError(f"--reports: {error}") from None
+    expires_at = None if args.expires is None else expiry(args.expires, utcnow())
+    await repository.create_token(
+        name=args.name, token=token, can_write=args.write, reports=reports, expires_at=expires_at
+    )
     _say(token)
     return 0
 
 
+_DURATION = re.compile(r"([0-9]{1,9})([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def expiry(duration: str, now: datetime) -> datetime:
+    """``now`` plus a duration such as ``90s``, ``15m``, ``12h``, ``30d`` or ``2w``."""
+    match = _DURATION.fullmatch(duration)
+    if match is None or int(match[1]) == 0:
+        raise CommandError(
+            f"--expires {duration}: expected a number above 0 and a unit (s, m, h, d or w), "
+            "e.g. 30d"
+        )
+    try:
+        return now + timedelta(**{_UNITS[match[2]]: int(match[1])})
+    except OverflowError:
+        raise CommandError(f"--expires {duration}: too far in the future") from None
+
+
 async def cmd_token_list(args: argparse.Namespace, repository: ReportRepository) -> int:
+    now = utcnow()
     for info in await repository.list_tokens():
-        state = f"revoked {info.revoked_at.isoformat()}" if info.revoked_at else "active"
         scope = "read,write" if info.can_write else "read"
-        _say(f"{info.name}\t{scope}\tcreated {info.created_at.isoformat()}\t{state}")
+        reports = json.dumps(list(info.reports), ensure_ascii=False)
+        expires = info.expires_at.isoformat() if info.expires_at else "never"
+        columns = [info.name, scope, f"reports {reports}"]
+        columns += [
+            f"created {info.created_at.isoformat()}",
+            f"expires {expires}",
+            _state(info, now),
+        ]
+        _say("\t".join(columns))
     return 0
 
 
+def _state(info: TokenInfo, now: datetime) -> str:
+    if info.revoked_at is not None:
+        return f"revoked {info.revoked_at.isoformat()}"
+    return "expired" if info.expires_at is not None and info.expires_at <= now else "active"
+
+
 async def cmd_token_revoke(args: argparse.Namespace, repository: ReportRepository) -> int:
+    if (args.name is None) == (args.subject is None):
+        raise CommandError("token revoke takes either NAME or --subject SUB")
+    if args.subject is not None:
+        revoked_at = await repository.revoke_subject(subject=args.subject)
+        _say(
+            f"revoked every JWT of subject {args.subject!r} issued before {revoked_at.isoformat()}"
+        )
+        return 0
     if not await repository.revoke_token(name=args.name):
         raise CommandError(f"no active token named {args.name!r}")
     _say(f"revoked {args.name}")

@@ -11,6 +11,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .records import utcnow
 
+EVERY_REPORT_JSON = '["*"]'  # api_tokens.reports of a token that may see every report
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -77,6 +79,18 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     can_write: Mapped[bool] = mapped_column(server_default=false(), default=False)
+    # NOTE: a JSON array of fnmatch patterns: the reports the token may see.
+    reports: Mapped[str] = mapped_column(Text, server_default=EVERY_REPORT_JSON)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class RevokedSubject(Base):
+    """A JWT subject whose tokens issued before ``revoked_at`` are refused."""
+
+    __tablename__ = "revoked_subjects"
+
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class ReportChange(Base):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import hmac
+import json
 import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from sqlalchemy import (
@@ -24,6 +25,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import WRITE_OPTIONS, is_busy, make_engine
@@ -34,7 +36,7 @@ from .errors import (
     SchemaNotReady,
     ServiceError,
 )
-from .models import ApiToken, Report, ReportChange, UTCDateTime
+from .models import ApiToken, Report, ReportChange, RevokedSubject, UTCDateTime
 from .point_reader import SQLitePointReader
 from .records import Change, NewReport, TokenInfo, hash_token, utcnow
 from .records import Report as ReportRecord
@@ -46,6 +48,7 @@ T = TypeVar("T")
 reports = cast(Table, Report.__table__)
 tokens = cast(Table, ApiToken.__table__)
 changelog = cast(Table, ReportChange.__table__)
+revoked_subjects = cast(Table, RevokedSubject.__table__)
 
 _REPORT_COLUMNS = (
     reports.c.name,
@@ -56,9 +59,18 @@ _REPORT_COLUMNS = (
     reports.c.version,
 )
 _GET_REPORT = select(*_REPORT_COLUMNS).where(reports.c.name == bindparam("name"))
-_AUTHENTICATE = select(
-    tokens.c.name, tokens.c.token_hash, tokens.c.created_at, tokens.c.can_write
-).where(tokens.c.token_hash == bindparam("token_hash"), tokens.c.revoked_at.is_(None))
+_TOKEN_COLUMNS = (
+    tokens.c.name,
+    tokens.c.created_at,
+    tokens.c.revoked_at,
+    tokens.c.can_write,
+    tokens.c.reports,
+    tokens.c.expires_at,
+)
+_AUTHENTICATE = select(*_TOKEN_COLUMNS, tokens.c.token_hash).where(
+    tokens.c.token_hash == bindparam("token_hash"), tokens.c.revoked_at.is_(None)
+)
+MAX_SUBJECT_LENGTH = 200
 # NOTE: bind names prefixed with b_: SQLAlchemy reserves a column's own name for the SET clause.
 _UPDATE_REPORT = (
     update(reports)
@@ -104,6 +116,13 @@ def _service_error(error: object) -> ServiceError:
 def _to_report(row: Any) -> ReportRecord:
     return ReportRecord(
         row.name, row.title, row.content, row.created_at, row.updated_at, row.version
+    )
+
+
+def _to_token(row: Any) -> TokenInfo:
+    reports = tuple(json.loads(row.reports))
+    return TokenInfo(
+        row.name, row.created_at, row.revoked_at, row.can_write, reports, row.expires_at
     )
 
 
@@ -337,12 +356,25 @@ class ReportRepository:
     # -- tokens ----------------------------------------------------------------------------
 
     @_translate_errors
-    async def create_token(self, *, name: str, token: str, can_write: bool = False) -> None:
+    async def create_token(
+        self,
+        *,
+        name: str,
+        token: str,
+        can_write: bool = False,
+        reports: Sequence[str] = ("*",),
+        expires_at: datetime | None = None,
+    ) -> None:
+        """Store a token; it may see the reports matching ``reports`` until ``expires_at``."""
+        if not reports or isinstance(reports, str):
+            raise ValueError("a token needs a sequence of at least one report pattern")
         values = {
             "name": name,
             "token_hash": hash_token(token),
             "created_at": utcnow(),
             "can_write": can_write,
+            "reports": json.dumps(list(reports)),
+            "expires_at": expires_at,
         }
         try:
             async with self._writer.begin() as conn:
@@ -354,10 +386,9 @@ class ReportRepository:
 
     @_translate_errors
     async def list_tokens(self) -> list[TokenInfo]:
-        columns = (tokens.c.name, tokens.c.created_at, tokens.c.revoked_at, tokens.c.can_write)
-        stmt = select(*columns).order_by(tokens.c.created_at, tokens.c.name)
+        stmt = select(*_TOKEN_COLUMNS).order_by(tokens.c.created_at, tokens.c.name)
         async with self.engine.connect() as conn:
-            return [TokenInfo(*row) for row in await conn.execute(stmt)]
+            return [_to_token(row) for row in await conn.execute(stmt)]
 
     @_translate_errors
     async def revoke_token(self, *, name: str) -> bool:
@@ -372,13 +403,15 @@ class ReportRepository:
 
     @_translate_errors
     async def authenticate(self, token: str) -> TokenInfo | None:
-        """The live token ``token``, or None."""
+        """The live token ``token``, or None (unknown, revoked or expired)."""
         wanted = hash_token(token)
         async with self.engine.connect() as conn:
             row = (await conn.execute(_AUTHENTICATE, {"token_hash": wanted})).first()
         if row is None or not hmac.compare_digest(row.token_hash, wanted):
             return None
-        return TokenInfo(row.name, row.created_at, None, row.can_write)
+        if row.expires_at is not None and row.expires_at <= utcnow():
+            return None
+        return _to_token(row)
 
     @_translate_errors
     async def revoked_tokens(self, names: Collection[str]) -> list[str]:
@@ -389,6 +422,42 @@ class ReportRepository:
         async with self.engine.connect() as conn:
             live = set((await conn.execute(stmt)).scalars())
         return [name for name in names if name not in live]
+
+    @_translate_errors
+    async def revoke_subject(self, *, subject: str) -> datetime:
+        """Refuse every JWT of ``subject`` issued before the returned time (about now)."""
+        if not subject or len(subject) > MAX_SUBJECT_LENGTH or "\x00" in subject:
+            raise ValueError(f"a subject must be 1 to {MAX_SUBJECT_LENGTH} characters, without NUL")
+        # NOTE: `iat` counts whole seconds: a token issued in this second, before now, has the
+        #   same `iat` as one issued after; the next whole second refuses both.
+        revoked_at = utcnow().replace(microsecond=0) + timedelta(seconds=1)
+        async with self._writer.begin() as conn:
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            stmt = dialect.insert(revoked_subjects).values(subject=subject, revoked_at=revoked_at)
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[revoked_subjects.c.subject],
+                    set_={"revoked_at": stmt.excluded.revoked_at},
+                )
+            )
+        return revoked_at
+
+    async def subject_revoked_at(self, subject: str) -> datetime | None:
+        """When ``subject`` was last revoked, or None."""
+        return (await self.revoked_subjects([subject])).get(subject)
+
+    @_translate_errors
+    async def revoked_subjects(self, subjects: Collection[str]) -> dict[str, datetime]:
+        """The revocation time of each of ``subjects`` that was revoked."""
+        # NOTE: a JWT's `sub` may hold anything; PostgreSQL rejects NUL in text.
+        wanted = [s for s in subjects if len(s) <= MAX_SUBJECT_LENGTH and "\x00" not in s]
+        if not wanted:
+            return {}
+        stmt = select(revoked_subjects.c.subject, revoked_subjects.c.revoked_at).where(
+            revoked_subjects.c.subject.in_(wanted)
+        )
+        async with self.engine.connect() as conn:
+            return {row.subject: row.revoked_at for row in await conn.execute(stmt)}
 
     # -- schema ----------------------------------------------------------------------------
 
