@@ -12,7 +12,7 @@ import fnmatch
 import functools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
@@ -181,8 +181,8 @@ class Verifier(Protocol):
 class TokenStore(Protocol):
     """What the authenticator needs of the repository."""
 
-    async def authenticate(self, token: str) -> TokenInfo | None: ...
-    async def subject_revoked_at(self, subject: str) -> datetime | None: ...
+    def authenticate(self, token: str) -> Awaitable[TokenInfo | None]: ...
+    def subject_revoked_at(self, subject: str) -> Awaitable[datetime | None]: ...
 
 
 class Authenticator:

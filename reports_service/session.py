@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .access import Authenticator, Grant, InvalidToken, KeysUnavailable
+from .access import Authenticator, InvalidToken, KeysUnavailable
 from .errors import DatabaseUnavailable, ServiceError
 from .metrics import MESSAGE_TALLY, REPLY_TALLY
 from .outbox import Outbox, Peer
@@ -148,7 +148,9 @@ class ReportsSession:
             raise RequestError("invalid_token", "invalid token") from None
         except KeysUnavailable as error:
             logger.warning("refresh not checked: %s", error)
-            raise RequestError("unavailable", "the token cannot be checked now, retry later")
+            raise RequestError(
+                "unavailable", "the token cannot be checked now, retry later"
+            ) from None
         old = self._peer.grant
         if grant.identity != old.identity:
             logger.info("refresh refused: %r is not %r", grant.subject, old.subject)

@@ -218,12 +218,12 @@ async def deny(
         "headers": [(k.encode(), v.encode()) for k, v in head.items()],
     }
     try:
-        await ws._asgi_send(start)  # type: ignore[attr-defined]
-        await ws._asgi_send({"type": "websocket.http.response.body", "body": body})  # type: ignore[attr-defined]
+        await ws._asgi_send(start)
+        await ws._asgi_send({"type": "websocket.http.response.body", "body": body})
     except Exception:  # NOTE: the client left before its answer: nothing to tell anyone
         logger.debug("the client left before its handshake was refused")
     # NOTE: so that Falcon does not send a close of its own after the response.
-    ws._state = _WebSocketState.CLOSED  # type: ignore[attr-defined]
+    ws._state = _WebSocketState.CLOSED
 
 
 def trim(req: Request, ws: WebSocket) -> None:

@@ -16,7 +16,6 @@ from ..limits import RateLimiter, Refused
 from ..metrics import count_close
 from ..protocol import Payload
 
-
 # NOTE: the grant of a connection on a route that does not authenticate (/echo): nothing.
 ANONYMOUS = Grant("-", "none", read=False)
 
@@ -101,19 +100,8 @@ class Connection:
         finally:
             self.sending_since = 0.0
 
-    # NOTE: the grant of a connection on a route that does not authenticate (/echo): nothing.
-
-
-ANONYMOUS = Grant("-", "none", read=False)
-
-
-class ExpiryListener(Protocol):
-    def token_expiring(self) -> None:
-        """The connection's token expires in less than the warning time."""
-
-
-async def close(self, code: Close, reason: str) -> None:
-    await close(self.ws, code, reason, self._settings.send_timeout)
+    async def close(self, code: Close, reason: str) -> None:
+        await close(self.ws, code, reason, self._settings.send_timeout)
 
 
 def _too_big(payload: Payload, limit: int) -> bool:
