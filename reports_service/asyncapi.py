@@ -25,10 +25,13 @@ from .config import Settings
 from .protocol import (
     KNOWN_TYPES,
     REQUEST_TYPES,
+    Auth,
+    AuthReply,
     ErrorBody,
     ErrorReply,
     Get,
     GetReply,
+    Identity,
     ListReports,
     Outgoing,
     Page,
@@ -49,6 +52,7 @@ from .protocol import (
     Subscribe,
     Subscription,
     SubscriptionReply,
+    TokenExpiring,
     Unsubscribe,
 )
 from .protocol import Request as TypedRequest
@@ -67,13 +71,17 @@ REPLIES: dict[type[TypedRequest], type[msgspec.Struct]] = {
     Ping: PongReply,
     Put: GetReply,
     Remove: RemoveReply,
+    Auth: AuthReply,
 }
 EVENTS: tuple[type[msgspec.Struct], ...] = (ReportEvent, ResyncEvent)
+TOKEN_EVENTS: tuple[type[msgspec.Struct], ...] = (TokenExpiring,)
 PLAIN_REPLIES: tuple[type[msgspec.Struct], ...] = (PlainReport, PlainError)
 
 _WHEN = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 _REPORT = ReportOut("report1", "Report 1", "This is the content of report 1", _WHEN, _WHEN, 1)
 _CHANGED = ReportOut("report1", "Report 1", "Changed", _WHEN, _WHEN, 5)
+_EXPIRES = datetime(2025, 1, 1, 12, 15, tzinfo=UTC)
+_JWT = "eyJhbGciOiJFUzI1NiIsImtpZCI6ImtleS0xIn0.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
 
 # One example of each message, as the Struct the server sends or decodes.
 EXAMPLES: dict[type[msgspec.Struct], list[msgspec.Struct]] = {
@@ -85,6 +93,12 @@ EXAMPLES: dict[type[msgspec.Struct], list[msgspec.Struct]] = {
     Ping: [Ping(id=8)],
     Put: [Put(id=10, name="report1", title="Report 1", content="Changed")],
     Remove: [Remove(id=11, name="report1")],
+    Auth: [Auth(id=12, token=_JWT)],
+    AuthReply: [
+        AuthReply(12, Identity("alice", _EXPIRES, True, False, ["sales/*", "report1"])),
+        AuthReply(13, Identity("default", None, True, True, ["*"])),
+    ],
+    TokenExpiring: [TokenExpiring("token.expiring", _EXPIRES)],
     RemoveReply: [RemoveReply(11, Removed("report1", 6))],
     GetReply: [GetReply(1, _REPORT)],
     PageReply: [PageReply(2, Page([_REPORT], "3"))],
@@ -93,6 +107,8 @@ EXAMPLES: dict[type[msgspec.Struct], list[msgspec.Struct]] = {
     ErrorReply: [
         ErrorReply(9, ErrorBody("not_found", "no report named 'report9'")),
         ErrorReply(None, ErrorBody("invalid_request", "Object missing required field `name`")),
+        ErrorReply(14, ErrorBody("forbidden", "this token may not write 'report1'")),
+        ErrorReply(15, ErrorBody("invalid_token", "invalid token")),
     ],
     ReportEvent: [ReportEvent("report.updated", _CHANGED, 5)],
     ResyncEvent: [ResyncEvent("resync", 5)],
@@ -106,11 +122,26 @@ SUMMARIES: dict[type[msgspec.Struct], str] = {
     SubscriptionReply: "What the connection is now subscribed to, and the latest version.",
     PongReply: "The answer to `ping`: the latest version this server has seen.",
     RemoveReply: "The report a `remove` removed, and the version of the removal.",
+    AuthReply: "Who the connection is now authenticated as, what it may do, and until when.",
+    TokenExpiring: "The token expires soon: send `auth` with a new one to stay connected.",
     ErrorReply: "A typed request that failed; the connection stays open.",
     ReportEvent: "A report was added, updated or removed (to subscribers).",
     ResyncEvent: "The changelog no longer reaches back to `since`: fetch again.",
     PlainReport: "The tutorial's reply to a plain query: the report's title.",
     PlainError: "A plain query that failed; the connection stays open.",
+}
+
+# What a request's operation says beyond its summary.
+DESCRIPTIONS: dict[type[TypedRequest], str] = {
+    Auth: (
+        "As the first message, it authenticates and is answered with the identity (a bad token "
+        f"closes the connection with {Close.POLICY_VIOLATION} `invalid token`, an unreachable "
+        f"JWKS with {Close.TRY_AGAIN_LATER}). Later, at any time, it replaces the token without "
+        "reconnecting: the new token must be of the same subject (else error `forbidden`); one "
+        "that does not authenticate gets error `invalid_token`. Either way the old token stays "
+        "in force. From the reply on, the new token's permissions and expiry apply, to an open "
+        "subscription too."
+    ),
 }
 
 _TAGS = ", ".join(f"`{t.__struct_config__.tag}`" for t in REQUEST_TYPES)
@@ -122,10 +153,53 @@ messages, described here once by their decoded value (timestamps are ISO 8601 st
 A reply comes in the format of the message it answers; pushed events come in the format of the
 `subscribe` that asked for them.
 
-**Authentication.** On `/reports` the first message must be an access token: a text frame, or a
-MessagePack string. Nothing is sent back when it is accepted. `/echo` needs no token.
+**Authentication.** `/reports` needs an access token, given in one of three ways:
 
-**Requests.** After the token, a frame that decodes to an object with a `type` is a typed
+- the first message is the token itself, a text frame or a MessagePack string (the tutorial's
+  way); nothing is sent back when it is accepted;
+- the first message is an `auth` request, `{{"type": "auth", "id": 1, "token": "..."}}`,
+  answered with the identity the token carries (`authReply`);
+- the upgrade request carries `Authorization: Bearer <token>` (for clients that can set headers;
+  browsers cannot). It is checked before the connection is accepted: a bad token gets the
+  handshake refused with HTTP 401 (`WWW-Authenticate: Bearer`) or 403 and nothing is accepted.
+  With a good one the first message is an ordinary query or request.
+
+Tokens in the query string are not accepted (they end up in access logs). The first message must
+come within `REPORTS_AUTH_TIMEOUT` seconds. `/echo` needs no token.
+
+**Tokens.** A token made of three base64url segments is verified as a JWT; any other token is
+looked up as a database token (`reports-service token create NAME [--write] [--reports PATTERN
+...] [--expires 30d]`). A JWT is checked against `REPORTS_JWT_SECRET` (HS256 only) or the keys of
+`REPORTS_JWT_JWKS`, chosen by `kid` (RS256, PS256, ES256 and EdDSA only); any other algorithm,
+`alg: none` included, is refused. Its claims:
+
+| claim | meaning |
+|---|---|
+| `sub` | required: the identity; a refresh must keep it |
+| `exp` | required: the expiry, checked with `REPORTS_JWT_LEEWAY` seconds of clock skew |
+| `nbf`, `iat` | optional: not before; issued at (`token revoke --subject` refuses tokens \
+issued before it) |
+| `aud`, `iss` | must include / be `REPORTS_JWT_AUDIENCE` / `REPORTS_JWT_ISSUER` when those \
+are set |
+| `scope` | space-separated: `reports:read` to read anything, `reports:write` to `put` and \
+`remove` |
+| `reports` | a list of report name patterns (`fnmatch`, case-sensitive, e.g. `sales/*`); \
+absent: `*` |
+
+**Permissions.** Every token may read or not, write or not, and only the reports its patterns
+match. A report outside them is answered exactly as one that does not exist (`not_found`, or
+`report not found`); `list` and `search` leave it out; `subscribe` and its replay never deliver
+it. `put` and `remove` need write permission and a name inside the patterns, else `forbidden`.
+
+**Expiry and refresh.** `REPORTS_TOKEN_EXPIRY_WARNING` seconds before a token expires (JWT `exp`,
+a database token's `--expires`), the server pushes `token.expiring`; at the expiry (plus the
+leeway, for JWTs) it closes the connection with {Close.POLICY_VIOLATION} `token expired`.
+An `auth` request at any time replaces the token without reconnecting: the new one must be of
+the same subject (else error `forbidden`, and the old token stays in force); one that does not
+authenticate gets error `invalid_token` (the old token stays too). From its reply on, the new
+token's permissions and expiry apply, to an open subscription as well.
+
+**Requests.** Once authenticated, a frame that decodes to an object with a `type` is a typed
 request ({_TAGS}); its reply echoes its `id` (a string, an integer or null) and carries
 either `result` or `error`. Any other frame is the tutorial's plain query: a report name,
 answered with `{{"report": title}}` or `{{"error": ...}}`. A message in error never closes
@@ -135,10 +209,16 @@ the connection.
 
 | code | meaning |
 |---|---|
-| {Close.POLICY_VIOLATION} | policy violation: wrong, revoked or missing access token (none within \
-`REPORTS_AUTH_TIMEOUT` seconds) |
+| {Close.POLICY_VIOLATION} | policy violation, with a reason: `invalid token` (wrong, unknown, \
+revoked or expired token, a JWT that fails any check, or a first message that is no token), \
+`authentication timed out` (none within `REPORTS_AUTH_TIMEOUT` seconds), `token expired` (not \
+refreshed in time), `token revoked` (within `REPORTS_TOKEN_RECHECK` seconds of `token revoke`), \
+`too many failed logins`, `rate limit exceeded`, or too many connections for one token |
 | {Close.MESSAGE_TOO_BIG} | message too big: larger than `REPORTS_MAX_MESSAGE_BYTES` |
-| {Close.TRY_AGAIN_LATER} | try again later: the database could not be reached to check the token |
+| {Close.TRY_AGAIN_LATER} | try again later: the database could not be reached to check the \
+token, the JWKS could not be fetched and no cached key fits the token's `kid`, or the server \
+is full |
+| HTTP 401 / 403 | a bad `Authorization` header: the handshake is refused, nothing is accepted |
 | {Close.SLOW_CONSUMER} | slow subscriber: more than `REPORTS_SUBSCRIBER_QUEUE` messages were \
 waiting; \
 reconnect and resume with `subscribe` and `since` set to the last version received |
@@ -146,9 +226,54 @@ reconnect and resume with `subscribe` and `since` set to the last version receiv
 anything is accepted (Falcon closes with {Close.PATH_NOT_FOUND}, which the server sends as \
 HTTP 403) |
 
+**Error codes** (in `error.code`; none closes the connection):
+
+| code | meaning |
+|---|---|
+| `invalid_request` | not a valid request of its type: the message says what is wrong |
+| `unknown_type` | a `type` this server does not know |
+| `not_found` | no report by that name, or none this token may read |
+| `bad_cursor` | a `cursor` this server did not hand out |
+| `unavailable` | the database cannot be reached now: retry later |
+| `forbidden` | this token may not write, or not that report; or `auth` with another \
+subject's token |
+| `invalid_token` | the token sent with a later `auth` does not authenticate |
+| `rate_limited` | too many messages: wait `retry_after` seconds |
+
 A client that stops reading is dropped, without a close frame, once a message has waited
 `REPORTS_SEND_TIMEOUT` seconds to be sent to it.
 """
+
+
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "JWT, or a database token",
+    "description": (
+        "On /reports: `Authorization: Bearer <token>` on the upgrade request, or the token as "
+        "the first message (the token itself, or an `auth` request). Not in the query string."
+    ),
+}
+
+# The WebSocket binding of /reports: the optional header the handshake is authenticated by.
+HANDSHAKE = {
+    "bindingVersion": "0.1.0",
+    "method": "GET",
+    "headers": {
+        "type": "object",
+        "properties": {
+            "Authorization": {
+                "type": "string",
+                "pattern": "^Bearer .+$",
+                "description": (
+                    "`Bearer <token>`: checked before the connection is accepted; a bad token "
+                    "gets the handshake refused (HTTP 401 or 403). With a good one, the first "
+                    "message is an ordinary query, not a token."
+                ),
+            }
+        },
+    },
+}
 
 
 class _Messages:
@@ -190,6 +315,7 @@ def build_document() -> dict[str, Any]:
             "/echo", "Each message back, with the time; no token.", _echo_operations(messages)
         ),
     }
+    channels["reports"][0]["bindings"] = {"ws": HANDSHAKE}
     return {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {"title": "reports-service", "version": __version__, "description": DESCRIPTION},
@@ -199,6 +325,7 @@ def build_document() -> dict[str, Any]:
                 "host": f"{_DEFAULTS.host}:{_DEFAULTS.port}",
                 "protocol": "ws",
                 "description": "`reports-service up` or `serve` with the default settings.",
+                "security": [{"$ref": "#/components/securitySchemes/bearer"}],
             }
         },
         "channels": {name: channel for name, (channel, _) in channels.items()},
@@ -208,6 +335,7 @@ def build_document() -> dict[str, Any]:
         "components": {
             "messages": {key: messages.by_key[key] for key in sorted(messages.by_key)},
             "schemas": schemas,
+            "securitySchemes": {"bearer": BEARER},
         },
     }
 
@@ -220,18 +348,23 @@ def _token_operations(messages: _Messages) -> dict[str, dict[str, Any]]:
             "summary": "The first message on /reports: an access token.",
             "payload": {
                 "type": "string",
-                "description": "A token made by `reports-service token create` (or `up`).",
+                "description": (
+                    "A database token made by `reports-service token create` (or `up`), or a "
+                    "JWT (three base64url segments) signed with a configured key."
+                ),
             },
-            "examples": [{"payload": "test-token-0123456789"}],
+            "examples": [{"payload": "test-token-0123456789"}, {"payload": _JWT}],
         },
     )
     receive = {
         "action": "receive",
         "summary": "Authenticate: the first message, within `REPORTS_AUTH_TIMEOUT` seconds.",
         "description": (
-            "Nothing is sent back when the token is accepted. A wrong or revoked token, or none "
-            f"in time, closes the connection with {Close.POLICY_VIOLATION}; a database that "
-            f"cannot be reached closes it with {Close.TRY_AGAIN_LATER}."
+            "Nothing is sent back when the token is accepted (send an `auth` request instead to "
+            "get the identity back). A wrong, revoked or expired token, or none in time, closes "
+            f"the connection with {Close.POLICY_VIOLATION} `invalid token`; a database, or a "
+            f"JWKS URL, that cannot be reached closes it with {Close.TRY_AGAIN_LATER}. Not sent "
+            "when the `Authorization` header authenticated the handshake."
         ),
         "messages": [token],
     }
@@ -275,6 +408,7 @@ def _request_operations(messages: _Messages) -> dict[str, dict[str, Any]]:
         operations[f"receive{tag[0].upper()}{tag[1:]}"] = {
             "action": "receive",
             "summary": summary,
+            **({"description": DESCRIPTIONS[request]} if request in DESCRIPTIONS else {}),
             "messages": [_request_message(messages, request, tag, summary)],
             "reply": [messages.struct(REPLIES[request]), error],
         }
@@ -325,7 +459,19 @@ def _push_operations(messages: _Messages) -> dict[str, dict[str, Any]]:
         ),
         "messages": [messages.struct(s) for s in EVENTS],
     }
-    return {"sendChanges": send}
+    expiring = {
+        "action": "send",
+        "summary": "Warn that the token expires soon.",
+        "description": (
+            "Pushed once, `REPORTS_TOKEN_EXPIRY_WARNING` seconds before the token's expiry, to "
+            "a connection whose token has one (and again after a refresh to a token that "
+            "expires too). Without an `auth` with a new token, the connection is closed with "
+            f"{Close.POLICY_VIOLATION} `token expired` at the expiry (plus "
+            "`REPORTS_JWT_LEEWAY` for a JWT)."
+        ),
+        "messages": [messages.struct(s) for s in TOKEN_EVENTS],
+    }
+    return {"sendChanges": send, "sendTokenExpiring": expiring}
 
 
 def _echo_operations(messages: _Messages) -> dict[str, dict[str, Any]]:
@@ -381,7 +527,7 @@ def render(document: dict[str, Any] | None = None) -> str:
 
 def _message_structs() -> list[type[msgspec.Struct]]:
     outgoing: tuple[type[msgspec.Struct], ...] = typing.get_args(Outgoing)
-    missing = set(outgoing) - {ErrorReply, *REPLIES.values(), *EVENTS}
+    missing = set(outgoing) - {ErrorReply, *REPLIES.values(), *EVENTS, *TOKEN_EVENTS}
     if missing:
         names = ", ".join(sorted(s.__name__ for s in missing))
         raise LookupError(f"not described in reports_service.asyncapi: {names}")

@@ -7,7 +7,7 @@ import difflib
 import json
 import re
 import typing
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from referencing.jsonschema import DRAFT202012
 
 from reports_service import __version__, protocol
 from reports_service.asyncapi import build_document, render
+from reports_service.config import Settings
 from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
@@ -36,6 +37,8 @@ REGENERATE = "python -m reports_service.asyncapi > docs/asyncapi.json"
 SESSION_DOCS = (ROOT / "docs" / "protocol.md", ROOT / "README.md")
 URI = "urn:reports-service:asyncapi"
 TIMEOUT = 5.0
+EXPIRING = "test-expiring-token-0123456789"
+SECOND = timedelta(seconds=1)
 
 # Keywords of JSON Schema 2019-09/2020-12 that AsyncAPI's schema (a superset of draft 07) lacks.
 NOT_IN_DRAFT_07 = frozenset(
@@ -308,10 +311,18 @@ async def test_reports_messages_match_the_document(
             ("receivePut", {"type": "put", "id": 21, "name": "y"}, False, "errorReply"),
             ("receiveRemove", {"type": "remove", "id": 22, "name": "y"}, True, "removeReply"),
             ("receiveRemove", {"type": "remove", "id": 23, "name": "y"}, True, "errorReply"),
+            ("receiveAuth", {"type": "auth", "id": 24, "token": WRITE_TOKEN}, True, "authReply"),
+            ("receiveAuth", {"type": "auth", "id": 25, "token": TOKEN}, True, "errorReply"),
+            ("receiveAuth", {"type": "auth", "id": 26, "token": "nope"}, True, "errorReply"),
+            ("receiveAuth", {"type": "auth", "id": 27}, False, "errorReply"),
         ]
+        codes = {}
         for op_id, request, valid, key in typed:
             [reply] = await s.exchange(op_id, request, key, valid=valid)
             assert reply["id"] == request.get("id")
+            codes[reply["id"]] = reply["error"]["code"] if "error" in reply else None
+        # A refresh to another subject's token, or to a bad one, leaves the writer's in force.
+        assert (codes[24], codes[25], codes[26]) == (None, "forbidden", "invalid_token")
 
         since = {"type": "subscribe", "id": 11, "since": 10**9}
         await s.exchange("receiveSubscribe", since, "subscriptionReply")
@@ -330,6 +341,19 @@ async def test_reports_messages_match_the_document(
         pushed = await s.receive()
         s.check_received("sendChanges", pushed, "reportEvent")
         assert (pushed["type"], pushed["report"]["name"]) == ("report.added", "x")
+
+    # A token that expires soon: `auth` as the first message, then the warning.
+    expires = datetime.now(UTC) + timedelta(seconds=Settings().token_expiry_warning + 1)
+    await seeded_repository.create_token(name="expiring", token=EXPIRING, expires_at=expires)
+    async with conductor.simulate_ws("/reports") as ws:
+        s.ws = ws
+        first = {"type": "auth", "id": 40, "token": EXPIRING}
+        [reply] = await s.exchange("receiveAuth", first, "authReply")
+        assert reply["result"]["subject"] == "expiring"
+        assert abs(datetime.fromisoformat(reply["result"]["expires_at"]) - expires) < SECOND
+        warning = await s.receive()
+        s.check_received("sendTokenExpiring", warning, "tokenExpiring")
+        assert abs(datetime.fromisoformat(warning["expires_at"]) - expires) < SECOND
 
         # Every message the document has on /reports was seen, both ways.
         assert s.seen_received == spec.received("reports")
@@ -434,6 +458,27 @@ def test_examples_match_their_messages(spec: Spec) -> None:
             for example in examples:
                 matches = spec.matching(channel, {key}, example["payload"])
                 assert matches == {key}, f"{key} example {example['payload']!r} is not valid"
+
+
+def test_every_error_code_and_close_reason_is_explained(spec: Spec) -> None:
+    description = spec.doc["info"]["description"]
+    for code in typing.get_args(protocol.ErrorCode):
+        assert f"| `{code}` |" in description, f"no row for error {code}"
+    reasons = ("invalid token", "token expired", "token revoked", "authentication timed out")
+    for reason in reasons:
+        assert f"`{reason}`" in description, f"close reason {reason!r} is not explained"
+    assert "Authorization: Bearer" in description
+    headers = spec.doc["channels"]["reports"]["bindings"]["ws"]["headers"]
+    assert "Authorization" in headers["properties"]
+    Draft7Validator.check_schema(headers)
+
+
+def test_every_jwt_claim_is_explained(spec: Spec) -> None:
+    description = spec.doc["info"]["description"]
+    for claim in ("sub", "exp", "nbf", "iat", "aud", "iss", "scope", "reports"):
+        assert re.search(rf"^\| [^|]*`{claim}`", description, re.MULTILINE), claim
+    for scope in ("reports:read", "reports:write"):
+        assert scope in description
 
 
 def test_timestamps_are_documented_as_date_time(spec: Spec) -> None:

@@ -10,10 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import jwt
 import pytest
 from playwright.async_api import ConsoleMessage, Page, async_playwright, expect
 
@@ -34,6 +39,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 10_000
+SECRET = "browser-test-secret-0123456789abcdef"
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +51,7 @@ class Console:
     page: Page
     server: Server
     problems: list[str] = field(default_factory=list)
+    sockets: list[str] = field(default_factory=list)  # every WebSocket the page opened
 
     def on_console(self, message: ConsoleMessage) -> None:
         if message.type == "error":
@@ -53,6 +60,10 @@ class Console:
     def check_url(self, url: str) -> None:
         if not url.startswith((self.server.http + "/", self.server.url + "/", "data:")):
             self.problems.append(f"request outside the server: {url}")
+
+    def on_websocket(self, url: str) -> None:
+        self.check_url(url)
+        self.sockets.append(url)
 
     async def connect(self, token: str = TOKEN) -> None:
         await self.page.fill("#token", token)
@@ -70,6 +81,20 @@ def require_chromium() -> None:
 
 @pytest.fixture
 async def console(server: Server) -> AsyncIterator[Console]:
+    async with open_console(server) as found:
+        yield found
+
+
+@pytest.fixture
+async def jwt_console(make_server: Callable[..., Server]) -> AsyncIterator[Console]:
+    """The console on a server that also takes HS256 JWTs, and warns 58 s before an expiry."""
+    server = make_server(jwt_secret=SECRET, token_expiry_warning="58")
+    async with open_console(server) as found:
+        yield found
+
+
+@asynccontextmanager
+async def open_console(server: Server) -> AsyncIterator[Console]:
     require_chromium()
     expect.set_options(timeout=TIMEOUT_MS)
     async with async_playwright() as playwright:
@@ -83,7 +108,7 @@ async def console(server: Server) -> AsyncIterator[Console]:
             page.on("console", found.on_console)
             page.on("pageerror", lambda error: found.problems.append(f"page error: {error}"))
             page.on("request", lambda request: found.check_url(request.url))
-            page.on("websocket", lambda websocket: found.check_url(websocket.url))
+            page.on("websocket", lambda websocket: found.on_websocket(websocket.url))
             await page.goto(server.http + "/")
             yield found
         finally:
@@ -93,6 +118,20 @@ async def console(server: Server) -> AsyncIterator[Console]:
 async def seed(db_env: dict[str, str], *args: str) -> None:
     done = await asyncio.to_thread(run_cli, db_env, *args)
     assert done.returncode == 0, done.stderr
+
+
+def mint(subject: str, lifetime: float, *, write: bool = False, **claims: Any) -> tuple[str, int]:
+    """A JWT signed with the server's secret, and its `exp`."""
+    expires = int(time.time() + lifetime)
+    scope = "reports:read reports:write" if write else "reports:read"
+    payload = {"sub": subject, "exp": expires, "iat": int(time.time()), "scope": scope, **claims}
+    return jwt.encode(payload, SECRET, algorithm="HS256"), expires
+
+
+async def shown_expiry(page: Page) -> datetime | None:
+    """The expiry the page shows, as the server sent it (the text is in local time)."""
+    value = await page.locator("#expiry").get_attribute("data-expires-at")
+    return datetime.fromisoformat(value) if value else None
 
 
 async def test_query_list_and_search(console: Console) -> None:
@@ -182,3 +221,87 @@ async def test_wrong_token_shows_the_close(console: Console) -> None:
     await expect(page.locator("#get")).to_be_disabled()
     await expect(page.locator("#connect")).to_be_enabled()  # no retrying a bad token
     assert console.problems == []
+
+
+async def test_identity_is_shown_after_connect(jwt_console: Console) -> None:
+    page = jwt_console.page
+    await expect(page.locator("#identity")).to_have_text("not connected")
+    await jwt_console.connect()
+    await expect(page.locator("#status")).to_have_text("connected")
+    await expect(page.locator("#identity")).to_have_text(
+        "connected as test · may read every report"
+    )
+    await expect(page.locator("#expiry")).to_have_text("no expiry")
+
+    await page.click("#disconnect")
+    await expect(page.locator("#identity")).to_have_text("not connected")
+    token, expires = mint("alice", 3600, reports=["report1", "report2"])
+    await jwt_console.connect(token)
+    await expect(page.locator("#status")).to_have_text("connected")
+    await expect(page.locator("#identity")).to_have_text(
+        "connected as alice · may read reports report1, report2"
+    )
+    await expect(page.locator("#expiry")).to_contain_text("token expires at")
+    assert await shown_expiry(page) == datetime.fromtimestamp(expires, UTC)
+    # The list holds only what the token may read.
+    results = page.locator("#results [data-testid=result-item]")
+    await page.click("#list")
+    await expect(results).to_have_count(2)
+    assert jwt_console.problems == []
+
+
+async def test_new_token_is_applied_without_reconnecting(
+    jwt_console: Console, db_env: dict[str, str]
+) -> None:
+    page = jwt_console.page
+    soon, _ = mint("alice", 60)  # inside the 58 s warning within about 2 s
+    await jwt_console.connect(soon)
+    await expect(page.locator("#status")).to_have_text("connected")
+    notice = page.locator("#token-notice")
+    await expect(notice).to_contain_text("the token expires at")
+    await expect(notice).to_have_attribute("data-kind", "warning")
+
+    later, expires = mint("alice", 7200, write=True)
+    await page.fill("#new-token", later)
+    await page.click("#refresh")
+    await expect(notice).to_have_text("new token in force")
+    await expect(page.locator("#identity")).to_contain_text("may read and write every report")
+    assert await shown_expiry(page) == datetime.fromtimestamp(expires, UTC)
+    assert await page.input_value("#new-token") == ""
+
+    # Still the same connection: it was never reopened, and it still gets the live feed.
+    await seed(db_env, "add", "after-refresh", "--title", "Fresh")
+    await expect(page.locator('#feed [data-name="after-refresh"]')).to_contain_text("Fresh")
+    await expect(page.locator("#status")).to_have_text("connected")
+    assert jwt_console.sockets == [jwt_console.server.url + "/reports"]
+    assert jwt_console.problems == []
+
+
+async def test_refused_new_token_shows_the_error_and_stays_connected(
+    jwt_console: Console,
+) -> None:
+    page = jwt_console.page
+    token, expires = mint("alice", 3600)
+    await jwt_console.connect(token)
+    await expect(page.locator("#status")).to_have_text("connected")
+    notice = page.locator("#token-notice")
+
+    await page.fill("#new-token", "not-a-token")
+    await page.click("#refresh")
+    await expect(notice).to_contain_text("new token refused: invalid_token")
+    await expect(notice).to_have_attribute("data-kind", "error")
+
+    someone_else, _ = mint("bob", 7200)
+    await page.fill("#new-token", someone_else)
+    await page.click("#refresh")
+    await expect(notice).to_contain_text("new token refused: forbidden")
+
+    # The old token is still in force, on the same connection.
+    await expect(page.locator("#status")).to_have_text("connected")
+    await expect(page.locator("#identity")).to_contain_text("connected as alice")
+    assert await shown_expiry(page) == datetime.fromtimestamp(expires, UTC)
+    await page.fill("#get-name", "report1")
+    await page.click("#get")
+    await expect(page.locator("#report-title")).to_have_text("Report 1")
+    assert jwt_console.sockets == [jwt_console.server.url + "/reports"]
+    assert jwt_console.problems == []

@@ -1,4 +1,5 @@
 // The reports console: a token, typed requests on /reports, a live feed, and the echo box.
+// The token goes in an `auth` request, first and whenever the user gives a new one.
 // Server text is only ever put in the page with textContent (through el() below).
 "use strict";
 
@@ -79,11 +80,7 @@ function connect() {
   setStatus("connecting", "connecting…");
   const socket = new WebSocket(`${WS_BASE}/reports`);
   conn.socket = socket;
-  socket.onopen = () => {
-    socket.send(conn.token);
-    setStatus("authenticating", "authenticating…");
-    subscribe(socket);
-  };
+  socket.onopen = () => start(socket);
   socket.onmessage = (event) => onMessage(event.data);
   socket.onclose = (event) => onClose(socket, event);
 }
@@ -93,6 +90,20 @@ function disconnect() {
   clearTimeout(conn.retryTimer);
   if (conn.socket) conn.socket.close(1000, "disconnected by the user");
   else setStatus("disconnected", "disconnected");
+}
+
+async function start(socket) {
+  setStatus("authenticating", "authenticating…");
+  try {
+    showIdentity(await request("auth", { token: conn.token }));
+  } catch (error) {
+    // A bad token closes the connection: onClose tells why.
+    if (conn.socket === socket && error instanceof RequestError) {
+      setStatus("error", `authentication failed: ${error.message}`);
+    }
+    return;
+  }
+  await subscribe(socket);
 }
 
 async function subscribe(socket) {
@@ -126,6 +137,7 @@ function onClose(socket, event) {
   conn.socket = null;
   for (const { reject } of conn.pending.values()) reject(new Error("connection closed"));
   conn.pending.clear();
+  showIdentity(null);
   const reason = event.reason || CLOSE_NAMES[event.code] || "";
   const closed = `closed ${event.code}${reason ? ` (${reason})` : ""}`;
   if (event.code === 1008) conn.wanted = false; // a bad token stays bad: do not retry
@@ -152,12 +164,71 @@ function onMessage(data) {
     conn.pending.delete(message.id);
     if (message.error) waiting.reject(new RequestError(message.error.code, message.error.message));
     else waiting.resolve(message.result);
+  } else if (message.type === "token.expiring") {
+    const at = when(message.expires_at);
+    notice("warning", `the token expires at ${at}: give a new one below to stay connected`);
   } else if (message.type === "resync") {
     conn.lastVersion = message.version;
     feedNote(`changes were missed while away (now at version ${message.version}): reload the lists`);
   } else if (typeof message.type === "string" && message.type.startsWith("report.")) {
     addEvent(message);
   }
+}
+
+// -- who the connection is, and a new token in band -------------------------------------------
+
+function permissions(identity) {
+  const may = [identity.read && "read", identity.write && "write"].filter(Boolean);
+  const reports = identity.reports.includes("*")
+    ? "every report"
+    : `reports ${identity.reports.join(", ")}`;
+  return may.length ? `may ${may.join(" and ")} ${reports}` : "may not read or write";
+}
+
+/** Show the identity of an `auth` reply, or none (null) when not connected. */
+function showIdentity(identity) {
+  const shown = $("identity");
+  const expiry = $("expiry");
+  if (identity === null) {
+    shown.textContent = "not connected";
+    expiry.textContent = "";
+    delete expiry.dataset.expiresAt;
+    notice(null);
+    return;
+  }
+  shown.replaceChildren(
+    "connected as ",
+    el("strong", { id: "identity-subject" }, String(identity.subject)),
+    el("span", { id: "identity-permissions", class: "muted" }, ` · ${permissions(identity)}`),
+  );
+  expiry.textContent = identity.expires_at
+    ? `token expires at ${when(identity.expires_at)}`
+    : "no expiry";
+  expiry.dataset.expiresAt = identity.expires_at || "";
+}
+
+/** One line about the token: kind is "warning", "error" or "ok"; null hides it. */
+function notice(kind, text = "") {
+  const line = $("token-notice");
+  line.hidden = kind === null;
+  line.dataset.kind = kind || "";
+  line.textContent = text;
+}
+
+async function refreshToken() {
+  const input = $("new-token");
+  const token = input.value;
+  try {
+    showIdentity(await request("auth", { token }));
+  } catch (failure) {
+    notice("error", `new token refused: ${failure.message}; the old one stays in force`);
+    return;
+  }
+  // Reconnecting (after a drop, or with Connect) uses the new token from now on.
+  conn.token = token;
+  $("token").value = token;
+  input.value = "";
+  notice("ok", "new token in force");
 }
 
 // -- the live feed ----------------------------------------------------------------------------
@@ -299,6 +370,7 @@ on("token-form", "submit", () => {
   connect();
 });
 on("disconnect", "click", disconnect);
+on("refresh-form", "submit", refreshToken);
 on("get-form", "submit", () => getReport($("get-name").value.trim()));
 on("list", "click", () => browse({ type: "list" }));
 on("search-form", "submit", () => browse({ type: "search", q: $("search-q").value }));
