@@ -269,7 +269,7 @@ class JWTVerifier:
             if not self._secret:
                 raise InvalidToken("HS256 JWT, but no shared secret is configured")
             key = self._secret
-        elif alg in ASYMMETRIC:
+        elif isinstance(alg, str) and alg in ASYMMETRIC:
             if self._jwks is None:
                 raise InvalidToken(f"{alg} JWT, but no JWKS is configured")
             if not isinstance(kid, str) or not kid:
