@@ -14,6 +14,9 @@ within the message limit. The properties:
   ping after every frame is answered). Events pushed to a fuzzed ``subscribe`` may arrive
   between replies and are checked too;
 - the same on a connection over its rate limit: every frame gets one ``rate_limited`` reply.
+- JWT-shaped garbage given to the JWT verifier (random header and payload JSON, base64url
+  encoded, random or real signatures over garbage claims) is refused with InvalidToken
+  (KeysUnavailable too, for a JWKS URL), or makes a well-formed grant: never another error.
 
 One app per backend serves every example: hypothesis calls a sync test, which runs its coroutine
 on one module-wide ``asyncio.Runner`` (a fresh app per example would spend most of the time
@@ -33,7 +36,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import pathlib
 import re
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar, get_args
@@ -46,15 +51,19 @@ import pytest
 from falcon.testing import ASGIConductor, ASGIWebSocketSimulator
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
+from jwt.algorithms import get_default_algorithms
 
+from reports_service.access import Grant, InvalidToken, KeysUnavailable
 from reports_service.app import create_app
 from reports_service.config import Settings
+from reports_service.jwt_keys import JWTVerifier, verifier_for
 from reports_service.protocol import KNOWN_TYPES, ErrorCode
 from reports_service.records import NewReport
 from reports_service.repository import ReportRepository, repository_for
 
 from .conftest import TOKEN, TUTORIAL, WRITE_TOKEN
 from .databases import PostgresTemplate, SQLiteTemplate, backends
+from .jwts import SECRET, JWKSServer, b64, ec_key, ed25519_key, public_jwk, rsa_key, write_jwks
 from .rawws import INVALID_DATA, RawWebSocket, raw_connection, read_response_head, request_bytes
 from .rawws import TEXT as TEXT_OPCODE
 from .server import Server
@@ -743,6 +752,141 @@ async def test_resume_with_as_many_changes_as_the_queue_holds(
     assert [event["version"] for event in received[1:]] == list(
         range(len(TUTORIAL) + 1, latest + 1)
     )
+
+
+# -- JWT-shaped garbage, to the verifier ------------------------------------------------------
+
+JWT_KEYS: dict[str, Any] = {"rsa-1": rsa_key(), "ec-1": ec_key(), "ed-1": ed25519_key()}
+JWT_ALGS = ["HS256", "RS256", "PS256", "ES256", "EdDSA", "none", "None", "HS512", "RS384", ""]
+NOW = int(time.time())
+
+
+def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any] = json_values) -> Any:
+    """Mostly ``good``, sometimes ``bad``: garbage that still gets past the first checks."""
+    # NOTE: hypothesis draws the first branch of one_of more often than the others.
+    return st.one_of(good, good, good, bad)
+
+
+timestamps = mostly(
+    st.integers(NOW - 1000, NOW + 1000),
+    st.one_of(
+        st.floats(NOW - 1000, NOW + 1000),
+        st.sampled_from([0, -1, 2**31, 2**63, 10**30, 1e300, float("inf"), float("nan"), True]),
+        st.integers(NOW, NOW + 1000).map(str),
+        json_values,
+    ),
+)
+jwt_headers = st.fixed_dictionaries(
+    {"alg": mostly(st.sampled_from(JWT_ALGS))},
+    optional={
+        "kid": mostly(st.sampled_from([*JWT_KEYS, "nope", ""])),
+        "typ": mostly(st.just("JWT")),
+    },
+)
+rare_headers = st.fixed_dictionaries(
+    {},
+    optional={
+        "crit": st.just(["exp"]) | st.lists(st.text(max_size=5), max_size=2) | json_values,
+        "b64": st.booleans() | json_values,
+    },
+)
+jwt_claims = st.fixed_dictionaries(
+    {
+        "sub": mostly(st.sampled_from(["alice", "", "x" * 201]) | st.text(max_size=30)),
+        "exp": timestamps,
+    },
+    optional={
+        "nbf": timestamps,
+        "iat": timestamps,
+        "aud": mostly(st.sampled_from(["reports", ["reports", "x"], "other", []])),
+        "iss": mostly(st.sampled_from(["https://idp", "https://idp/", "idp"])),
+        "scope": mostly(st.sampled_from(["reports:read", "reports:read reports:write", ""])),
+        "reports": mostly(st.lists(st.text(max_size=10), max_size=3)),
+    },
+)
+
+
+@st.composite
+def jwt_segment(draw: st.DrawFn, values: st.SearchStrategy[dict[str, Any]]) -> str:
+    """One base64url segment: JSON of a drawn object, sometimes of any value or of any bytes."""
+    kind = draw(st.integers(0, 9))  # one in ten garbage
+    if kind == 0:
+        return b64(draw(st.binary(max_size=40)))
+    value = draw(json_values) if kind == 1 else draw(values)
+    return b64(json.dumps(value, ensure_ascii=draw(st.booleans())).encode())
+
+
+@st.composite
+def jwt_shaped(draw: st.DrawFn) -> str:
+    """Three base64url segments: garbage, or garbage claims under a real signature."""
+    how = draw(st.sampled_from(["random", "empty", "secret", "key"]))
+    header = draw(jwt_headers)
+    if draw(mostly(st.just(False), st.just(True))):
+        header.update(draw(rare_headers))
+    kid = draw(st.sampled_from(sorted(JWT_KEYS)))
+    alg = {"rsa-1": draw(st.sampled_from(["RS256", "PS256"])), "ec-1": "ES256"}.get(kid, "EdDSA")
+    fits = draw(mostly(st.just(True), st.just(False)))  # mostly the header that fits the key
+    if how == "secret" and fits:
+        header["alg"] = "HS256"
+    elif how == "key" and fits:
+        header.update(alg=alg, kid=kid)
+    segments = f"{draw(jwt_segment(st.just(header)))}.{draw(jwt_segment(jwt_claims))}"
+    signature = b""
+    if how == "random":
+        signature = draw(st.binary(max_size=300))
+    elif how == "secret":
+        signature = get_default_algorithms()["HS256"].sign(segments.encode(), SECRET.encode())
+    elif how == "key":
+        signature = get_default_algorithms()[alg].sign(segments.encode(), JWT_KEYS[kid])
+    return f"{segments}.{b64(signature)}"
+
+
+def check_grant(grant: Grant) -> None:
+    assert isinstance(grant.subject, str) and 0 < len(grant.subject) <= 200, grant
+    assert grant.kind == "jwt" and grant.expires_at is not None, grant
+    assert grant.reports and all(isinstance(p, str) and p for p in grant.reports), grant
+
+
+def fuzz_verifier(verifier: JWTVerifier, *, url: bool, examples: int) -> None:
+    allowed: tuple[type[Exception], ...] = (
+        (InvalidToken, KeysUnavailable) if url else (InvalidToken,)
+    )
+
+    async def verify(token: str) -> None:
+        with contextlib.suppress(*allowed):
+            check_grant(await verifier.verify(token))
+            hypothesis.event("accepted")
+
+    with asyncio.Runner() as runner:
+
+        @hypothesis.settings(HYPOTHESIS, max_examples=examples)
+        @given(token=jwt_shaped())
+        def garbage_is_refused(token: str) -> None:
+            runner.run(verify(token))
+
+        garbage_is_refused()
+
+
+def jwt_settings(jwks: str, *, strict: bool) -> Settings:
+    """The secret and a JWKS; ``strict``: an audience and an issuer too."""
+    aud, iss = ("reports", "https://idp") if strict else ("", "")
+    return Settings(jwt_secret=SECRET, jwt_jwks=jwks, jwt_audience=aud, jwt_issuer=iss)
+
+
+def test_jwt_shaped_garbage_is_refused(tmp_path: pathlib.Path) -> None:
+    keys = [public_jwk(key, kid) for kid, key in JWT_KEYS.items()]
+    verifier = verifier_for(
+        jwt_settings(str(write_jwks(tmp_path / "jwks.json", *keys)), strict=False)
+    )
+    assert verifier is not None
+    fuzz_verifier(verifier, url=False, examples=1000)
+
+
+def test_jwt_shaped_garbage_is_refused_with_a_jwks_url() -> None:
+    with JWKSServer([public_jwk(key, kid) for kid, key in JWT_KEYS.items()]) as server:
+        verifier = verifier_for(jwt_settings(server.url, strict=True))
+        assert verifier is not None
+        fuzz_verifier(verifier, url=True, examples=300)
 
 
 # -- invalid UTF-8, end to end ----------------------------------------------------------------
