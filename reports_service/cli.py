@@ -21,6 +21,7 @@ from .config import NON_NEGATIVE, Settings, SettingsError
 from .db import DatabaseURLError, sqlite_path
 from .errors import ServiceError, first_line
 from .migrate import head_revision, require_head, upgrade
+from .jwt_keys import verifier_for
 from .records import NewReport, TokenInfo, new_token, utcnow
 from .repository import ReportRepository, repository_for
 from .transport import quiet_late_driver_threads
@@ -173,6 +174,7 @@ def _check_before_start(settings: Settings) -> None:
     if path is not None and not Path(path).resolve().parent.is_dir():
         raise CommandError(f"the directory of database file {path} does not exist")
     head_revision()  # NOTE: raises MigrationsMissing when the package lost its migrations
+    verifier_for(settings)  # NOTE: a bad JWKS file is one line here, not a traceback in uvicorn
 
 
 def _say(message: str) -> None:
