@@ -20,8 +20,8 @@ from .access import MAX_TOKEN_BYTES, check_patterns, looks_like_jwt
 from .config import NON_NEGATIVE, Settings, SettingsError
 from .db import DatabaseURLError, sqlite_path
 from .errors import ServiceError, first_line
-from .migrate import head_revision, require_head, upgrade
 from .jwt_keys import verifier_for
+from .migrate import head_revision, require_head, upgrade
 from .records import NewReport, TokenInfo, new_token, utcnow
 from .repository import ReportRepository, repository_for
 from .transport import quiet_late_driver_threads

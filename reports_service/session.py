@@ -51,6 +51,7 @@ class ReportsSession:
         "_binary",
         "_delivered",
         "_held",
+        "_last_binary",
         "_names",
         "_outbox",
         "_peer",
@@ -66,6 +67,7 @@ class ReportsSession:
         *,
         queue_size: int,
         authenticator: Authenticator | None = None,
+        binary: bool = False,
     ) -> None:
         self._peer = peer  # NOTE: its ``grant`` is what this connection may do, refreshed by auth
         self._authenticator = authenticator
@@ -77,11 +79,13 @@ class ReportsSession:
         self._held: list[Change] | None = None  # live changes held back while replaying
         self._delivered = 0
         self._binary = False
+        self._last_binary = binary  # NOTE: the format of the client's last message
 
     # -- requests --------------------------------------------------------------------------
 
     async def handle(self, payload: Payload) -> Any:
         """The direct reply to one message, or None when the reply goes through the outbox."""
+        self._last_binary = isinstance(payload, bytes)
         reply, kind, outcome = await self._answer(payload)
         MESSAGE_TALLY.counts[kind] += 1
         REPLY_TALLY.counts[outcome] += 1
@@ -163,7 +167,8 @@ class ReportsSession:
         """Warn the client that its token expires soon (see the registry's watchdog)."""
         expires_at = self._peer.grant.expires_at
         if expires_at is not None:
-            self._push(TokenExpiring("token.expiring", expires_at))
+            binary = self._binary if self._subscribed else self._last_binary
+            self._push(TokenExpiring("token.expiring", expires_at), binary)
 
     # -- subscriptions ---------------------------------------------------------------------
 

@@ -81,6 +81,7 @@ class AuthMiddleware:
             reason = "service unavailable"
             await self._reject(ws, req, Close.TRY_AGAIN_LATER, reason, "unavailable")
         self._admit(req, grant)
+        req.context.binary = isinstance(first, bytes)
         if request is not None:
             await ws.send_media(AuthReply(request.id, identity(grant)), payload_type(first))
 

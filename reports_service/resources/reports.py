@@ -44,6 +44,7 @@ class ReportsResource(WebSocketRoute[ReportsSession]):
             self._service,
             queue_size=self._settings.subscriber_queue,
             authenticator=self._authenticator,
+            binary=bool(getattr(req.context, "binary", False)),
         )
         conn.listener = session
         return session
