@@ -158,6 +158,7 @@ def _check_write(grant: Grant, name: str) -> None:
 def _cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not (cursor.isascii() and cursor.isdigit()) or int(cursor) >= 2**63:
+    # NOTE: the length first: int() of over 4,300 digits raises ValueError.
+    if len(cursor) > 19 or not (cursor.isascii() and cursor.isdigit()) or int(cursor) >= 2**63:
         raise RequestError("bad_cursor", "cursor must be a `next` value from an earlier page")
     return int(cursor)

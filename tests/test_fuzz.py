@@ -705,7 +705,9 @@ def test_deeply_nested_msgpack_type_gets_unknown_type(target: Target) -> None:
     assert reply["error"]["code"] == "unknown_type"
 
 
-@pytest.mark.parametrize("cursor", ["\u00b2", "9999999999999999999", str(2**63)])
+@pytest.mark.parametrize(
+    "cursor", ["\u00b2", "9999999999999999999", str(2**63), "9" * 4300, "9" * 4301, "0" * 5000]
+)
 def test_cursor_out_of_range_is_bad_cursor(target: Target, cursor: str) -> None:
     frame = json.dumps({"type": "list", "id": 1, "cursor": cursor})
     binary, reply = target.run(_reply_to(target.conductor, frame))
