@@ -50,6 +50,9 @@ LOGIN_WITHIN = 5.0  # seconds a login's answer or refusal may take
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 Start = Callable[..., Server]
+Outcome = str | tuple[int, str]
+REPORT1 = '{"report":"Report 1"}'
+INVALID = (1008, "invalid token")
 
 
 @pytest.fixture
@@ -79,33 +82,24 @@ def secured(start: Start) -> Server:
     return start()
 
 
-async def answer(server: Server, token: str, path: str = "/reports") -> str:
-    """What `report1` gets after logging in with ``token`` as the first message."""
-    async with websockets.connect(server.url + path) as ws:
-        await ws.send(token)
-        await ws.send("report1")
-        return str(await asyncio.wait_for(ws.recv(), LOGIN_WITHIN))
-
-
-async def refusal(server: Server, first: str | None, path: str = "/reports") -> tuple[int, str]:
-    """The close code and reason of a connection whose first message is ``first`` (None:
-    nothing is sent), followed by `report1`; fails if anything at all is answered."""
+async def login(server: Server, first: str | None, path: str = "/reports") -> Outcome:
+    """What `report1` gets after the first message ``first`` (None: nothing is sent): the
+    answer, or the close code and reason when the connection is closed without one."""
     async with websockets.connect(server.url + path) as ws:
         with contextlib.suppress(ConnectionClosed):  # NOTE: closed already: nothing to send to
             if first is not None:
                 await ws.send(first)
                 await ws.send("report1")
         try:
-            message = await asyncio.wait_for(ws.recv(), LOGIN_WITHIN)
+            return str(await asyncio.wait_for(ws.recv(), LOGIN_WITHIN))
         except ConnectionClosed as closed:
             assert closed.rcvd is not None, closed
             return closed.rcvd.code, closed.rcvd.reason
-    raise AssertionError(f"answered {message!r}")
 
 
 async def assert_refused(server: Server, token: str, why: str) -> None:
     """``token`` is refused like a wrong token, for the reason ``why`` (the server's log)."""
-    assert await refusal(server, token) == (1008, "invalid token")
+    assert await login(server, token) == INVALID
     line = await eventually(lambda: logged(server, "login refused for 127.0.0.1: "))
     assert why in line, line
     assert token not in server.log()
@@ -215,14 +209,14 @@ async def test_jwt_without_jwt_keys_configured_is_refused(make_server: Start) ->
 async def test_refused_jwts_count_as_failed_logins(start: Start) -> None:
     server = start(auth_failures="3", auth_failure_window="60")
     good = mint(EC, kid="ec-1")
-    assert await answer(server, good) == '{"report":"Report 1"}'
+    assert await login(server, good) == REPORT1
     for bad in (
         forge({"alg": "none"}, claims()),
         tampered(good, sub="mallory"),
         mint(EC, claims(exp=int(time.time()) - 60), kid="ec-1"),
     ):
-        assert await refusal(server, bad) == (1008, "invalid token")
-    assert await refusal(server, good) == (1008, "too many failed logins")
+        assert await login(server, bad) == INVALID
+    assert await login(server, good) == (1008, "too many failed logins")
     with pytest.raises(InvalidStatus) as refused:
         headers = {"Authorization": f"Bearer {good}"}
         async with websockets.connect(server.url + "/reports", additional_headers=headers):
@@ -248,14 +242,14 @@ async def test_a_valid_jwt_gets_answers(
     secured: Server, key: PrivateKey | str, kid: str | None, alg: str
 ) -> None:
     token = mint(key, kid=kid, alg=alg)
-    assert await answer(secured, token) == '{"report":"Report 1"}'
+    assert await login(secured, token) == REPORT1
 
 
 @sqlite_only
 async def test_audience_and_issuer_that_match_get_answers(start: Start) -> None:
     server = start(jwt_audience=AUDIENCE, jwt_issuer=ISSUER)
     token = mint(RSA, claims(aud=[AUDIENCE, "other"], iss=ISSUER), kid="rsa-1")
-    assert await answer(server, token) == '{"report":"Report 1"}'
+    assert await login(server, token) == REPORT1
 
 
 # --- a JWKS served over HTTP: rotation and outage
@@ -275,15 +269,36 @@ async def test_a_key_published_after_start_is_accepted_without_restart(
     make_server: Start, provider: JWKSServer
 ) -> None:
     server = make_server(jwt_jwks=provider.url, jwt_jwks_ttl=str(TTL), jwt_leeway="0")
-    assert await answer(server, mint(EC, kid="old")) == '{"report":"Report 1"}'
+    assert await login(server, mint(EC, kid="old")) == REPORT1
     provider.publish(public_jwk(EC, "old"), public_jwk(RSA, "new"))
     await asyncio.sleep(TTL)  # NOTE: a fetch that soon after the last one would be skipped
-    assert await answer(server, mint(RSA, kid="new")) == '{"report":"Report 1"}'
+    assert await login(server, mint(RSA, kid="new")) == REPORT1
     provider.publish(public_jwk(RSA, "new"))  # the provider withdraws the old key
     await asyncio.sleep(TTL)
-    assert await refusal(server, mint(EC, kid="old")) == (1008, "invalid token")
-    assert await answer(server, mint(RSA, kid="new")) == '{"report":"Report 1"}'
+    assert await login(server, mint(EC, kid="old")) == INVALID
+    assert await login(server, mint(RSA, kid="new")) == REPORT1
     assert server.process.poll() is None  # the same server all along
+
+
+@sqlite_only
+async def test_an_unknown_kid_fetches_the_jwks_again_at_most_every_5_seconds(
+    make_server: Start, provider: JWKSServer
+) -> None:
+    server = make_server(jwt_jwks=provider.url, jwt_jwks_ttl="300", auth_failures="0")
+    assert await login(server, mint(EC, kid="old")) == REPORT1
+    provider.publish(public_jwk(EC, "old"), public_jwk(RSA, "new"))
+    new = mint(RSA, kid="new")
+    tries: list[Outcome] = []
+
+    async def accepted() -> bool:
+        tries.append(await login(server, new))
+        return tries[-1] == REPORT1
+
+    # NOTE: long before the TTL, but only once the last fetch is 5 s old; the unknown kid is
+    #   refused meanwhile, without a fetch each time.
+    await eventually(accepted, within=15, interval=0.2)
+    assert provider.requests == 2, provider.requests
+    assert tries[0] == INVALID
 
 
 @sqlite_only
@@ -291,12 +306,12 @@ async def test_jwks_outage_is_try_again_later_and_recovers(
     make_server: Start, provider: JWKSServer
 ) -> None:
     server = make_server(jwt_jwks=provider.url, jwt_jwks_ttl=str(TTL), jwt_leeway="0")
-    assert await answer(server, mint(EC, kid="old")) == '{"report":"Report 1"}'
+    assert await login(server, mint(EC, kid="old")) == REPORT1
     provider.stop()
     await asyncio.sleep(TTL)  # NOTE: past the TTL: the kept keys are stale now
-    assert await refusal(server, mint(RSA, kid="new")) == (1013, "service unavailable")
+    assert await login(server, mint(RSA, kid="new")) == (1013, "service unavailable")
     assert "JWKS http://127.0.0.1" in logged(server, "cannot be read")
-    assert await answer(server, mint(EC, kid="old")) == '{"report":"Report 1"}'
+    assert await login(server, mint(EC, kid="old")) == REPORT1
     with pytest.raises(InvalidStatus) as refused:
         headers = {"Authorization": f"Bearer {mint(RSA, kid='new')}"}
         async with websockets.connect(server.url + "/reports", additional_headers=headers):
@@ -305,15 +320,15 @@ async def test_jwks_outage_is_try_again_later_and_recovers(
     provider.publish(public_jwk(EC, "old"), public_jwk(RSA, "new"))
     provider.start()
     await asyncio.sleep(TTL)
-    assert await answer(server, mint(RSA, kid="new")) == '{"report":"Report 1"}'
-    assert await refusal(server, mint(RSA, kid="other")) == (1008, "invalid token")
+    assert await login(server, mint(RSA, kid="new")) == REPORT1
+    assert await login(server, mint(RSA, kid="other")) == INVALID
 
 
 @sqlite_only
 async def test_a_jwks_url_down_at_start_up_is_try_again_later(make_server: Start) -> None:
     down = f"http://127.0.0.1:{free_port()}/jwks.json"
     server = make_server(jwt_jwks=down, jwt_leeway="0")
-    assert await refusal(server, mint(EC, kid="ec-1")) == (1013, "service unavailable")
+    assert await login(server, mint(EC, kid="ec-1")) == (1013, "service unavailable")
 
 
 # --- Authorization: Bearer at the handshake
@@ -334,12 +349,12 @@ async def handshake_refused(server: Server, header: str) -> Response:
 
 
 async def test_bearer_database_token_makes_the_first_message_a_query(secured: Server) -> None:
-    assert await with_header(secured, f"Bearer {TOKEN}") == '{"report":"Report 1"}'
+    assert await with_header(secured, f"Bearer {TOKEN}") == REPORT1
 
 
 async def test_bearer_jwt_makes_the_first_message_a_query(secured: Server) -> None:
     token = mint(ED, kid="ed-1")
-    assert await with_header(secured, f"Bearer {token}") == '{"report":"Report 1"}'
+    assert await with_header(secured, f"Bearer {token}") == REPORT1
 
 
 @sqlite_only
@@ -376,14 +391,15 @@ async def test_a_token_in_the_query_string_is_not_authentication(
     server = start(auth_timeout="0.5")
     for token in (TOKEN, mint(EC, kid="ec-1")):
         path = f"/reports?{parameter}={token}"
-        assert await refusal(server, "report1", path) == (1008, "invalid token")
-        assert await refusal(server, None, path) == (1008, "authentication timed out")
+        assert await login(server, "report1", path) == INVALID
+        assert await login(server, None, path) == (1008, "authentication timed out")
     assert "authenticated" not in server.log()
 
 
 # --- identity: the subject in the log, never the token; nowhere on /metrics
 
 
+@sqlite_only
 async def test_the_subject_names_the_connection_in_the_log_and_not_on_metrics(
     secured: Server,
 ) -> None:
@@ -392,7 +408,7 @@ async def test_the_subject_names_the_connection_in_the_log_and_not_on_metrics(
     async with websockets.connect(secured.url + "/reports") as ws:
         await ws.send(token)
         await ws.send("report1")
-        assert await asyncio.wait_for(ws.recv(), LOGIN_WITHIN) == '{"report":"Report 1"}'
+        assert await asyncio.wait_for(ws.recv(), LOGIN_WITHIN) == REPORT1
         metrics = fetch_metrics(secured)
     login = logged(secured, f"authenticated 127.0.0.1 as '{sub}' (jwt, expires ")
     conn = re.search(rf"\[(\w+) {sub}\]", login)
@@ -403,6 +419,21 @@ async def test_the_subject_names_the_connection_in_the_log_and_not_on_metrics(
     assert token not in log and token.split(".")[2] not in log
     assert sub not in metrics and sub not in fetch_metrics(secured)
     assert "reports_connections_open" in metrics  # the right page, and it was read
+
+
+@sqlite_only
+async def test_json_log_lines_of_the_connection_carry_the_subject(start: Start) -> None:
+    server = start(log_format="json")
+    token = mint(SECRET, claims("dave-e2e-91c2"))
+    assert await login(server, token) == REPORT1
+    await eventually(lambda: "websocket closed" in server.log())
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    login_line = next(line for line in lines if line["message"].startswith("authenticated"))
+    mine = [line for line in lines if line.get("conn") == login_line["conn"]]
+    after = mine[[line["message"] for line in mine].index(login_line["message"]) :]
+    assert [line.get("subject") for line in after] == ["dave-e2e-91c2"] * len(after), after
+    assert any(line["message"].startswith("websocket closed") for line in after)
+    assert token not in server.log()
 
 
 def fetch_metrics(server: Server) -> str:
