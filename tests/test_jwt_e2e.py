@@ -224,6 +224,14 @@ async def test_refused_jwts_count_as_failed_logins(start: Start) -> None:
     assert refused.value.response.status_code == 429
 
 
+@sqlite_only
+async def test_refused_bearer_tokens_count_as_failed_logins(start: Start) -> None:
+    server = start(auth_failures="2", auth_failure_window="60")
+    for bad in (forge({"alg": "none"}, claims()), mint(EC, kid="nobody")):
+        assert (await handshake_refused(server, f"Bearer {bad}")).status_code == 401
+    assert await login(server, mint(EC, kid="ec-1")) == (1008, "too many failed logins")
+
+
 # --- accepted
 
 
@@ -327,8 +335,10 @@ async def test_jwks_outage_is_try_again_later_and_recovers(
 @sqlite_only
 async def test_a_jwks_url_down_at_start_up_is_try_again_later(make_server: Start) -> None:
     down = f"http://127.0.0.1:{free_port()}/jwks.json"
-    server = make_server(jwt_jwks=down, jwt_leeway="0")
-    assert await login(server, mint(EC, kid="ec-1")) == (1013, "service unavailable")
+    server = make_server(jwt_jwks=down, jwt_secret=SECRET, auth_failures="1")
+    for _ in range(2):
+        assert await login(server, mint(EC, kid="ec-1")) == (1013, "service unavailable")
+    assert await login(server, mint(SECRET)) == REPORT1  # the 1013s were no failed logins
 
 
 # --- Authorization: Bearer at the handshake
@@ -434,6 +444,15 @@ async def test_json_log_lines_of_the_connection_carry_the_subject(start: Start) 
     assert [line.get("subject") for line in after] == ["dave-e2e-91c2"] * len(after), after
     assert any(line["message"].startswith("websocket closed") for line in after)
     assert token not in server.log()
+
+
+@sqlite_only
+async def test_a_subject_with_a_line_break_cannot_forge_log_lines(secured: Server) -> None:
+    forged = "INFO reports_service.auth [x] authenticated 127.0.0.1 as 'admin'"
+    assert await login(secured, mint(SECRET, claims(f"eve\n{forged}"))) == REPORT1
+    await eventually(lambda: "websocket closed" in secured.log())
+    assert not [line for line in secured.log().splitlines() if line.startswith(forged)]
+    assert "eve\\n" in logged(secured, "websocket closed")  # the subject, escaped
 
 
 def fetch_metrics(server: Server) -> str:
