@@ -29,6 +29,9 @@ def new_connection_id() -> str:
 def _conn() -> str:
     """The connection's id, and its subject once authenticated (never its token)."""
     who = subject.get()
+    if not who.isprintable():
+        # NOTE: a JWT's `sub` is the provider's text: a line break in it would forge log lines.
+        who = who.encode("unicode_escape").decode("ascii")
     return f"{connection_id.get()} {who}" if who else connection_id.get()
 
 

@@ -224,6 +224,11 @@ async def deny(
         logger.debug("the client left before its handshake was refused")
     # NOTE: so that Falcon does not send a close of its own after the response.
     ws._state = _WebSocketState.CLOSED
+    protocol = _uvicorn_protocol(ws)
+    if protocol is not None and hasattr(protocol, "handshake_complete"):
+        # NOTE: uvicorn marks a handshake done when it refuses one itself, not after an HTTP
+        #   response of ours: it would log an ERROR for every refused token.
+        protocol.handshake_complete = True
 
 
 def trim(req: Request, ws: WebSocket) -> None:
