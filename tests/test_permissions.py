@@ -12,6 +12,7 @@ import itertools
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from fnmatch import fnmatchcase
 from typing import Any
 
 import pytest
@@ -119,6 +120,23 @@ async def test_patterns_are_case_sensitive_and_brackets_are_sets(
         assert readable == ["sales/x", "team-a/r", "team-b/r"]
         assert await pages(ws, {"type": "list", "limit": 100}) == [
             ["team-b/r", "team-a/r", "sales/x"]
+        ]
+
+
+async def test_names_with_sql_wildcards_match_as_fnmatch_says(
+    server: Server, limited: MakeToken, seeded_repository: ReportRepository
+) -> None:
+    patterns = ["100%/*", "a_b/*", "back\\slash/*", "lit[/*", "[!x]y/*", "[]]z", "q?/[a-c]"]
+    names = [
+        "100%/r", "1000/r", "a_b/r", "axb/r", "back\\slash/r", "backslash/r", "lit[/r",
+        "lit/r", "ay/r", "xy/r", "]z", "z", "q1/b", "q1/d", "Q1/b", "%", "_", "a_b",
+    ]  # fmt: skip
+    await seeded_repository.add_reports([NewReport(n, n, "c") for n in names])
+    expected = [n for n in reversed(names) if any(fnmatchcase(n, p) for p in patterns)]
+    assert len(expected) == 7
+    async with await connect(server, await limited(patterns)) as ws:
+        assert await pages(ws, {"type": "list", "limit": 3}) == [
+            expected[i : i + 3] for i in range(0, len(expected), 3)
         ]
 
 
