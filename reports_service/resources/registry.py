@@ -91,7 +91,9 @@ class ConnectionRegistry:
 
     async def _watch(self) -> None:
         limits = [t for t in (self._idle_timeout, self._send_timeout) if t > 0]
-        tick = min(1.0, max(0.05, min(limits, default=1.0) / 4))
+        # NOTE: at most half a second, so an expired token's connection is closed within one
+        #   second of its expiry even when the loop is busy.
+        tick = min(0.5, max(0.05, min(limits, default=1.0) / 4))
         while True:
             await asyncio.sleep(tick)
             now, wall = time.monotonic(), time.time()
