@@ -1,9 +1,11 @@
 """The one adapter to other libraries' internals (uvicorn's, Falcon's, aiosqlite's).
 
 It closes with a deadline and drops a connection whose peer stopped reading (`close`,
-`abort`), lets an accepted connection go of what only the handshake needed (`trim`), turns
-uvicorn's traceback for a client's invalid UTF-8 into one warning (`CLIENT_FAULTS`) and keeps
-aiosqlite's late worker-thread errors quiet (`quiet_late_driver_threads`). None of this is
+`abort`), refuses a handshake with an HTTP status and headers (`deny`: a 401 with
+`WWW-Authenticate`), lets an accepted connection go of what only the handshake needed
+(`trim`), turns uvicorn's traceback for a client's invalid UTF-8 into one warning
+(`CLIENT_FAULTS`) and keeps aiosqlite's late worker-thread errors quiet
+(`quiet_late_driver_threads`). None of this is
 public API of those libraries: `check()` looks at start-up whether it still holds and logs
 one line for each saving or guarantee that is off; nothing here fails silently.
 """
