@@ -44,7 +44,7 @@ class Grant:
     """What one authenticated token may do, and until when.
 
     ``expires_at`` is what the token says; ``deadline`` is when the service stops honouring it
-    (``expires_at`` plus the clock-skew leeway for JWTs).
+    (``expires_at`` plus the clock-skew leeway for JWTs), and ``ends`` the same as POSIX time.
     """
 
     subject: str
@@ -91,10 +91,6 @@ class Grant:
 
     def can_write(self, name: str) -> bool:
         return self.write and self.covers(name)
-
-    @property
-    def reads_everything(self) -> bool:
-        return self.read and self._match is None
 
     def like(self) -> tuple[str, ...] | None:
         """SQL LIKE patterns that match at least the readable names (None: every name), so a

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from .access import Grant, InvalidToken, KeysUnavailable, check_patterns
 from .config import ENV_PREFIX, Settings, SettingsError
+from .records import MAX_SUBJECT_LENGTH
 
 logger = logging.getLogger("reports_service.auth")
 
@@ -34,7 +35,6 @@ JWKS_SETTING = f"{ENV_PREFIX}JWT_JWKS"
 MIN_REFETCH_SECONDS = 5.0  # fetches of the JWKS, at most one per this (a TTL shorter wins)
 FETCH_TIMEOUT = 5.0  # seconds a JWKS URL has to answer
 MAX_JWKS_BYTES = 2**20
-MAX_SUBJECT_LENGTH = 200
 READ_SCOPE = "reports:read"
 WRITE_SCOPE = "reports:write"
 ASYMMETRIC = frozenset({"RS256", "PS256", "ES256", "EdDSA"})

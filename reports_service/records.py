@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 MAX_NAME_LENGTH = 200
 MAX_TITLE_LENGTH = 500
 MAX_CONTENT_LENGTH = 1_000_000
+MAX_SUBJECT_LENGTH = 200  # a JWT's `sub`, as the service takes and stores it
 
 
 @dataclass(frozen=True, slots=True)

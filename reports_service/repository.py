@@ -38,7 +38,7 @@ from .errors import (
 )
 from .models import ApiToken, Report, ReportChange, RevokedSubject, UTCDateTime
 from .point_reader import SQLitePointReader
-from .records import Change, NewReport, TokenInfo, hash_token, utcnow
+from .records import MAX_SUBJECT_LENGTH, Change, NewReport, TokenInfo, hash_token, utcnow
 from .records import Report as ReportRecord
 from .watch import CHANNEL
 
@@ -70,7 +70,6 @@ _TOKEN_COLUMNS = (
 _AUTHENTICATE = select(*_TOKEN_COLUMNS, tokens.c.token_hash).where(
     tokens.c.token_hash == bindparam("token_hash"), tokens.c.revoked_at.is_(None)
 )
-MAX_SUBJECT_LENGTH = 200
 # NOTE: bind names prefixed with b_: SQLAlchemy reserves a column's own name for the SET clause.
 _UPDATE_REPORT = (
     update(reports)
@@ -117,6 +116,11 @@ def _to_report(row: Any) -> ReportRecord:
     return ReportRecord(
         row.name, row.title, row.content, row.created_at, row.updated_at, row.version
     )
+
+
+def _name_like(column: Any, like: Sequence[str]) -> Any:
+    """Names matching one of the LIKE patterns ``like`` (``\\`` escapes)."""
+    return or_(*(column.like(p, escape="\\") for p in like))
 
 
 def _to_token(row: Any) -> TokenInfo:
@@ -185,7 +189,7 @@ class ReportRepository:
         if before is not None:
             stmt = stmt.where(reports.c.version < before)
         if like is not None:
-            stmt = stmt.where(or_(*(reports.c.name.like(p, escape="\\") for p in like)))
+            stmt = stmt.where(_name_like(reports.c.name, like))
         if text:
             stmt = stmt.where(
                 or_(
@@ -348,7 +352,7 @@ class ReportRepository:
         if names is not None:
             stmt = stmt.where(changelog.c.name.in_([n for n in names if "\x00" not in n]))
         if like is not None:
-            stmt = stmt.where(or_(*(changelog.c.name.like(p, escape="\\") for p in like)))
+            stmt = stmt.where(_name_like(changelog.c.name, like))
         async with self.engine.connect() as conn:
             rows = await conn.execute(stmt)
             return [Change(row.version, row.op, _to_report(row), row.changed_at) for row in rows]

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 
 from .. import metrics, tasks, transport
+from ..access import Kind
 from ..codes import Close
 from ..config import Settings
 from ..errors import ServiceError
@@ -69,15 +70,12 @@ class ConnectionRegistry:
             if not self._per_token[token]:
                 del self._per_token[token]
 
-    def tokens(self) -> list[str]:
-        """The names of the database tokens open connections use."""
-        return list({conn.grant.subject for conn in self._open if conn.grant.kind == "token"})
+    def subjects(self, kind: Kind) -> list[str]:
+        """The subjects open connections use, of tokens of ``kind`` (a database token's name,
+        a JWT's ``sub``)."""
+        return list({conn.grant.subject for conn in self._open if conn.grant.kind == kind})
 
-    def subjects(self) -> list[str]:
-        """The subjects of the JWTs open connections use."""
-        return list({conn.grant.subject for conn in self._open if conn.grant.kind == "jwt"})
-
-    def with_identity(self, kind: str, subject: str) -> list[Connection]:
+    def with_identity(self, kind: Kind, subject: str) -> list[Connection]:
         return [c for c in self._open if c.grant.kind == kind and c.grant.subject == subject]
 
     async def start(self) -> None:
@@ -159,7 +157,7 @@ class TokenGuard:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            names, subjects = self._registry.tokens(), self._registry.subjects()
+            names, subjects = self._registry.subjects("token"), self._registry.subjects("jwt")
             try:
                 revoked = await self._repository.revoked_tokens(names) if names else []
                 since = await self._repository.revoked_subjects(subjects) if subjects else {}
