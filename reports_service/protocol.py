@@ -26,6 +26,8 @@ Payload = str | bytes
 RequestId = str | int | None
 Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
 PageSize = Annotated[int, Meta(ge=1, le=100)]
+Version = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+"""A changelog version; as ``if_version``, 0 stands for "no such report yet"."""
 
 REPORT_NOT_FOUND = {"error": "report not found"}
 UNAVAILABLE = {"error": "service unavailable, try again"}
@@ -39,6 +41,7 @@ ErrorCode = Literal[
     "forbidden",  # this token may not: write, write that report, or refresh to another subject
     "invalid_token",  # the token sent with ``auth`` does not authenticate
     "rate_limited",  # too many messages: wait `retry_after` seconds
+    "conflict",  # ``if_version`` is not the report's version: nothing was changed
 ]
 
 # -- requests ------------------------------------------------------------------------------
@@ -75,7 +78,7 @@ class Subscribe(Request, tag="subscribe"):
     """Push every change to ``names`` (all reports when absent) from now, or after ``since``."""
 
     names: Annotated[list[Name], Meta(max_length=1000)] | None = None
-    since: Annotated[int, Meta(ge=0)] | None = None
+    since: Version | None = None
 
 
 class Unsubscribe(Request, tag="unsubscribe"):
@@ -88,18 +91,31 @@ class Ping(Request, tag="ping"):
     """Answered with the latest version this server has seen."""
 
 
+Title = Annotated[str, Meta(max_length=MAX_TITLE_LENGTH)]
+Content = Annotated[str, Meta(max_length=MAX_CONTENT_LENGTH)]
+
+
 class Put(Request, tag="put"):
-    """Add the report ``name``, or replace it; needs a token created with --write."""
+    """Add the report ``name``, or replace it; needs a token created with --write.
+
+    With ``if_version``, only if the report is at that version (0: only if it does not
+    exist); else the error ``conflict``, and nothing changes.
+    """
 
     name: Name
-    title: Annotated[str, Meta(max_length=MAX_TITLE_LENGTH)]
-    content: Annotated[str, Meta(max_length=MAX_CONTENT_LENGTH)] = ""
+    title: Title
+    content: Content = ""
+    if_version: Version | None = None
 
 
 class Remove(Request, tag="remove"):
-    """Remove the report ``name``; needs a token created with --write."""
+    """Remove the report ``name``; needs a token created with --write.
+
+    With ``if_version``, only if the report is at that version; else ``conflict``.
+    """
 
     name: Name
+    if_version: Version | None = None
 
 
 class Auth(Request, tag="auth"):
@@ -121,6 +137,13 @@ REQUEST_TYPES: tuple[type[Request], ...] = (
     Auth,
 )
 KNOWN_TYPES = frozenset(str(t.__struct_config__.tag) for t in REQUEST_TYPES)
+
+class ReportIn(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The body of ``PUT /api/reports/{name}``: the report's new title and content."""
+
+    title: Title
+    content: Content = ""
+
 
 # -- replies and events --------------------------------------------------------------------
 
@@ -175,6 +198,21 @@ class ErrorBody(Struct, omit_defaults=True):
 
     code: ErrorCode
     message: str
+    retry_after: float | None = None
+
+
+class Problem(Struct, omit_defaults=True):
+    """An HTTP API error, as RFC 9457 problem details (``application/problem+json``).
+
+    ``code`` is the same stable code as in a WebSocket error reply; ``retry_after`` is in
+    seconds, as in the ``Retry-After`` header.
+    """
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: ErrorCode | None = None
     retry_after: float | None = None
 
 
