@@ -34,3 +34,15 @@ class DuplicateReports(ServiceError):
 
 class DuplicateToken(ServiceError):
     """A token with this name exists already."""
+
+
+class VersionConflict(Exception):
+    """A conditional write found the report at another version (None: no such report).
+
+    Not a ServiceError: it is the answer to the request, not a failure of the service.
+    """
+
+    def __init__(self, name: str, current: int | None) -> None:
+        at = f"is at version {current}" if current is not None else "does not exist"
+        super().__init__(f"report {name!r} {at}")
+        self.current = current

@@ -35,6 +35,7 @@ from .errors import (
     DuplicateToken,
     SchemaNotReady,
     ServiceError,
+    VersionConflict,
 )
 from .models import ApiToken, Report, ReportChange, RevokedSubject, UTCDateTime
 from .point_reader import SQLitePointReader
@@ -59,6 +60,7 @@ _REPORT_COLUMNS = (
     reports.c.version,
 )
 _GET_REPORT = select(*_REPORT_COLUMNS).where(reports.c.name == bindparam("name"))
+_VERSION_OF = select(reports.c.version).where(reports.c.name == bindparam("name"))
 _TOKEN_COLUMNS = (
     tokens.c.name,
     tokens.c.created_at,
@@ -223,33 +225,52 @@ class ReportRepository:
                 latest = await self._lock_changelog(conn)
                 # NOTE: without replace, a name that exists fails the insert (unique index),
                 #   which rolls everything back; no need to look for them first.
-                existing = await self._created_at(conn, names) if replace else {}
-                now = utcnow()
-                added: list[dict[str, Any]] = []
-                updated: list[dict[str, Any]] = []
-                for version, item in enumerate(items, start=latest + 1):
-                    row = {
-                        "name": item.name,
-                        "title": item.title,
-                        "content": item.content,
-                        "version": version,
-                    }
-                    (updated if item.name in existing else added).append(row)
-                if added:
-                    stamp = literal(now, UTCDateTime())
-                    stamped = insert(reports).values(created_at=stamp, updated_at=stamp)
-                    await conn.execute(stamped, added)
-                if updated:
-                    rows = [{**_prefixed(row), "b_updated_at": now} for row in updated]
-                    await conn.execute(_UPDATE_REPORT, rows)
-                await self._log_written(conn, latest + 1, latest + len(items), now)
+                existing = set(await self._created_at(conn, names)) if replace else set()
+                await self._write(conn, items, existing, latest)
         except exc.IntegrityError as error:
             async with self.engine.connect() as conn:
                 taken = sorted(await self._created_at(conn, names))
             if not taken:
                 raise
             raise DuplicateReports(taken) from error
-        return [row["name"] for row in updated]
+        return [name for name in names if name in existing]
+
+    @_translate_errors
+    async def put_report(
+        self, item: NewReport, *, if_version: int | None = None
+    ) -> tuple[ReportRecord, bool]:
+        """Add or replace one report: (the report as stored, whether it was added).
+
+        With ``if_version``, only if the report is at that version now (0: only if there is
+        none); else VersionConflict, and nothing is written.
+        """
+        async with self._writer.begin() as conn:
+            latest = await self._lock_changelog(conn)
+            current = (await conn.execute(_VERSION_OF, {"name": item.name})).scalar()
+            if if_version is not None and if_version != (current or 0):
+                raise VersionConflict(item.name, current)
+            await self._write(conn, [item], set() if current is None else {item.name}, latest)
+            stored = (await conn.execute(_GET_REPORT, {"name": item.name})).one()
+        return _to_report(stored), current is None
+
+    async def _write(
+        self, conn: AsyncConnection, items: Sequence[NewReport], existing: set[str], latest: int
+    ) -> None:
+        """Insert ``items`` (update those in ``existing``) at the versions after ``latest``."""
+        now = utcnow()
+        added: list[dict[str, Any]] = []
+        updated: list[dict[str, Any]] = []
+        for version, item in enumerate(items, start=latest + 1):
+            row = {"name": item.name, "title": item.title, "content": item.content}
+            (updated if item.name in existing else added).append({**row, "version": version})
+        if added:
+            stamp = literal(now, UTCDateTime())
+            stamped = insert(reports).values(created_at=stamp, updated_at=stamp)
+            await conn.execute(stamped, added)
+        if updated:
+            rows = [{**_prefixed(row), "b_updated_at": now} for row in updated]
+            await conn.execute(_UPDATE_REPORT, rows)
+        await self._log_written(conn, latest + 1, latest + len(items), now)
 
     async def _log_written(
         self, conn: AsyncConnection, first: int, last: int, now: datetime
@@ -274,8 +295,11 @@ class ReportRepository:
         await self._after_changes(conn, last)
 
     @_translate_errors
-    async def remove_report(self, *, name: str) -> int | None:
-        """The changelog version of the removal, or None when there was no such report."""
+    async def remove_report(self, *, name: str, if_version: int | None = None) -> int | None:
+        """The changelog version of the removal, or None when there was no such report.
+
+        With ``if_version``, only if the report is at that version; else VersionConflict.
+        """
         if "\x00" in name:  # NOTE: never stored (see NewReport); PostgreSQL rejects it in text
             return None
         async with self._writer.begin() as conn:
@@ -283,6 +307,8 @@ class ReportRepository:
             row = (await conn.execute(_GET_REPORT, {"name": name})).first()
             if row is None:
                 return None
+            if if_version is not None and if_version != row.version:
+                raise VersionConflict(name, row.version)
             await conn.execute(delete(reports).where(reports.c.name == name))
             change = {**row._asdict(), "version": version, "op": "removed"}
             await self._append_changes(conn, [{**change, "changed_at": utcnow()}])

@@ -6,6 +6,7 @@ import time
 from collections.abc import Collection
 
 from .access import Grant
+from .errors import VersionConflict
 from .feed import ChangeFeed, Subscriber
 from .metrics import query_done
 from .protocol import (
@@ -45,10 +46,10 @@ class ReportService:
         self._feed = feed
 
     async def plain(self, name: str, grant: Grant) -> dict[str, str]:
-        return report_reply(await self._feed.report(name) if grant.can_read(name) else None)
+        return report_reply(await self.report(name, grant))
 
     async def get(self, request: Get, grant: Grant) -> GetReply:
-        report = await self._feed.report(request.name) if grant.can_read(request.name) else None
+        report = await self.report(request.name, grant)
         if report is None:
             raise RequestError("not_found", f"no report named {request.name!r}")
         return GetReply(request.id, report_out(report))
@@ -82,25 +83,48 @@ class ReportService:
         return PongReply(request.id, Pong(True, self.version or 0))
 
     async def put(self, request: Put, grant: Grant) -> GetReply:
-        _check_write(grant, request.name)
-        try:
-            report = NewReport(request.name, request.title, request.content)
-        except ValueError as error:
-            raise RequestError("invalid_request", str(error)) from None
-        await self._repository.add_reports([report], replace=True)
-        self._feed.written()
-        stored = await self._repository.get_report(name=request.name)
-        if stored is None:  # removed by another writer in between
-            raise RequestError("not_found", f"no report named {request.name!r}")
+        stored, _ = await self.write(
+            request.name, request.title, request.content, grant, if_version=request.if_version
+        )
         return GetReply(request.id, report_out(stored))
 
     async def remove(self, request: Remove, grant: Grant) -> RemoveReply:
-        _check_write(grant, request.name)
-        version = await self._repository.remove_report(name=request.name)
-        self._feed.written()
+        removed = await self.delete(request.name, grant, if_version=request.if_version)
+        return RemoveReply(request.id, removed)
+
+    # -- the operations behind both the WebSocket and the HTTP API -------------------------
+
+    async def report(self, name: str, grant: Grant) -> Report | None:
+        """The report ``name``, or None when there is none or ``grant`` may not read it."""
+        return await self._feed.report(name) if grant.can_read(name) else None
+
+    async def write(
+        self, name: str, title: str, content: str, grant: Grant, *, if_version: int | None
+    ) -> tuple[Report, bool]:
+        """Add or replace a report: (the report as stored, whether it was added)."""
+        _check_write(grant, name)
+        try:
+            report = NewReport(name, title, content)
+        except ValueError as error:
+            raise RequestError("invalid_request", str(error)) from None
+        try:
+            return await self._repository.put_report(report, if_version=if_version)
+        except VersionConflict as conflict:
+            raise RequestError("conflict", str(conflict)) from None
+        finally:
+            self._feed.written()
+
+    async def delete(self, name: str, grant: Grant, *, if_version: int | None) -> Removed:
+        _check_write(grant, name)
+        try:
+            version = await self._repository.remove_report(name=name, if_version=if_version)
+        except VersionConflict as conflict:
+            raise RequestError("conflict", str(conflict)) from None
+        finally:
+            self._feed.written()
         if version is None:
-            raise RequestError("not_found", f"no report named {request.name!r}")
-        return RemoveReply(request.id, Removed(request.name, version))
+            raise RequestError("not_found", f"no report named {name!r}")
+        return Removed(name, version)
 
     # -- subscriptions ---------------------------------------------------------------------
 
