@@ -7,16 +7,20 @@ from typing import Any
 
 import falcon.asgi
 
+from . import problems, transport
 from .access import Authenticator
 from .config import Settings
+from .errors import ServiceError
 from .feed import ChangeFeed
 from .jwt_keys import verifier_for
-from .limits import FailureThrottle
+from .limits import FailureThrottle, TokenRates
 from .logs import configure_logging
 from .middleware import AuthMiddleware, LifecycleMiddleware, LoggingMiddleware, OriginMiddleware
 from .protocol import BINARY, TEXT
 from .repository import repository_for
+from .resources.api import ReportListResource, ReportResource
 from .resources.asyncapi import AsyncAPIResource
+from .resources.changes import ChangesResource
 from .resources.echo import EchoResource
 from .resources.hello import HelloResource
 from .resources.media import RawBinary, RawText
@@ -27,7 +31,16 @@ from .resources.static import STATIC_DIR, IndexResource
 from .service import ReportService
 from .watch import watcher_for
 
-PROTECTED_ROUTES = ("/reports",)
+PROTECTED_ROUTES = ("/reports", "/api/reports", "/api/reports/{name:path}", "/api/changes")
+
+
+class App(falcon.asgi.App):  # type: ignore[type-arg]
+    """Falcon's app, keeping each HTTP request's ``send`` (see transport.abort_response)."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:  # type: ignore[override]
+        if scope["type"] == "http":
+            transport.keep_send(scope, send)
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
@@ -42,10 +55,9 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
     )
     service = ReportService(repository, feed)
     registry = registry_for(settings)
-    guard = TokenGuard(
-        repository, registry, interval=settings.token_recheck, send_timeout=settings.send_timeout
-    )
+    guard = TokenGuard(repository, registry, interval=settings.token_recheck)
     throttle = FailureThrottle(limit=settings.auth_failures, window=settings.auth_failure_window)
+    rates = TokenRates(settings.rate_limit, settings.rate_burst)
     authenticator = Authenticator(repository, verifier_for(settings))
 
     middleware: list[Any] = [
@@ -53,10 +65,19 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
         LoggingMiddleware(),
         OriginMiddleware(settings.allowed_origins),
         AuthMiddleware(
-            authenticator, PROTECTED_ROUTES, timeout=settings.auth_timeout, throttle=throttle
+            authenticator,
+            PROTECTED_ROUTES,
+            timeout=settings.auth_timeout,
+            throttle=throttle,
+            rates=rates,
         ),
     ]
-    app: falcon.asgi.App[Any, Any] = falcon.asgi.App(middleware=middleware)
+    app: falcon.asgi.App[Any, Any] = App(middleware=middleware)
+    app.set_error_serializer(problems.serialize)
+    app.add_error_handler(Exception, problems.last_resort)
+    # NOTE: the most specific handler wins: Falcon's own still serve HTTPError and
+    #   WebSocketDisconnected.
+    app.add_error_handler(ServiceError, problems.unavailable)
     app.ws_options.media_handlers[TEXT] = RawText()
     app.ws_options.media_handlers[BINARY] = RawBinary()
     # NOTE: no receive buffer of Falcon's own: it costs a task per connection, and every route
@@ -67,6 +88,17 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
     app.add_route("/hello", HelloResource())
     app.add_route("/echo", EchoResource(registry, settings))
     app.add_route("/reports", ReportsResource(service, registry, settings, authenticator))
+    app.add_route("/api/reports", ReportListResource(service))
+    app.add_route("/api/reports/{name:path}", ReportResource(service, settings.max_message_bytes))
+    app.add_route(
+        "/api/changes",
+        ChangesResource(
+            service,
+            registry,
+            queue_size=settings.subscriber_queue,
+            keepalive=settings.sse_keepalive,
+        ),
+    )
     app.add_route("/asyncapi.json", AsyncAPIResource())
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(repository))

@@ -89,6 +89,9 @@ class Settings:
     subscriber_queue: int = setting(
         1000, "messages queued for one slow subscriber before it is closed (4001)", AT_LEAST_ONE
     )
+    sse_keepalive: float = setting(
+        15.0, "seconds between keep-alive comments on an idle /api/changes stream", POSITIVE
+    )
     send_timeout: float = setting(
         10.0,
         "seconds a send may wait on a client that stopped reading before it is dropped",

@@ -47,6 +47,28 @@ class RateLimiter:
         return (1 - self._allowance) / self._rate
 
 
+class TokenRates:
+    """A :class:`RateLimiter` per access token, for requests without a connection (HTTP)."""
+
+    MAX_TOKENS = 100_000
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._limiters: OrderedDict[str, RateLimiter] = OrderedDict()
+
+    def check(self, key: str) -> float:
+        """0 when a request of token ``key`` may go ahead, else seconds until one may."""
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            limiter = self._limiters[key] = RateLimiter(self._rate, self._burst)
+            while len(self._limiters) > self.MAX_TOKENS:
+                self._limiters.popitem(last=False)
+        else:
+            self._limiters.move_to_end(key)
+        return limiter.check()
+
+
 class FailureThrottle:
     """Refuses a client address for ``window`` seconds after ``limit`` failed logins in it."""
 

@@ -37,6 +37,11 @@ REPLIES = Counter(
     "Replies sent on /reports, by outcome (ok, not_found, or an error code)",
     ["outcome"],
 )
+HTTP_REQUESTS = Counter(
+    "reports_http_requests_total",
+    "HTTP requests answered, by route (its template) and status",
+    ["route", "status"],
+)
 QUERY_SECONDS = Histogram(
     "reports_query_seconds",
     "Time of one database query answering a request (cached answers make none)",

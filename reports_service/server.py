@@ -51,6 +51,9 @@ def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         else settings.log_level.lower(),
         "timeout_graceful_shutdown": settings.shutdown_grace,
         "server_header": False,
+        # NOTE: uvicorn's access log shows query strings, which may hold a token
+        #   (?access_token=); the service logs each request itself (middleware/logging.py).
+        "access_log": False,
     }
     options.update(overrides)
     return options

@@ -36,6 +36,7 @@ HEADERS_KEPT = "idle connections keep Falcon's copy of the request headers (memo
 RECEIVER_KEPT = "idle connections keep a Falcon receive buffer each (memory saving off)"
 CLIENT_FAULTS_OFF = "a client's invalid UTF-8 is logged by uvicorn as an ERROR with a traceback"
 DENIAL_OFF = "refused handshakes get Falcon's HTTP 403, not a 401 with WWW-Authenticate"
+STREAM_ABORT_OFF = "slow readers of an event stream cannot be dropped with this uvicorn"
 LATE_THREADS_OFF = "a late error in aiosqlite's worker thread may print a traceback in the CLI"
 NOT_UVICORN = (
     "connections not served by uvicorn keep the server's handshake state, "
@@ -122,6 +123,15 @@ def _handshake_holds() -> bool:
     return _uvicorn_send_is_bound() and needed <= _code_words(_uvicorn_class())
 
 
+def _stream_abort_holds() -> bool:
+    from uvicorn.protocols.http import h11_impl, httptools_impl
+
+    cycles = (h11_impl.RequestResponseCycle, httptools_impl.RequestResponseCycle)
+    return all(
+        "transport" in _code_words(c) and inspect.iscoroutinefunction(c.send) for c in cycles
+    )
+
+
 def _denial_holds() -> bool:
     return {"_asgi_send", "_state"} <= _slots(WebSocket) and hasattr(_WebSocketState, "CLOSED")
 
@@ -159,6 +169,7 @@ _PROBES: list[tuple[str, Callable[[], bool]]] = [
     (CLIENT_FAULTS_OFF, _client_faults_hold),
     (LATE_THREADS_OFF, _late_threads_hold),
     (DENIAL_OFF, _denial_holds),
+    (STREAM_ABORT_OFF, _stream_abort_holds),
 ]
 
 
@@ -325,3 +336,30 @@ def quiet_late_driver_threads(args: threading.ExceptHookArgs) -> None:
     if args.thread is not None and LATE_THREAD_NAME in args.thread.name:
         return
     threading.__excepthook__(args)
+
+
+# -- per HTTP response ----------------------------------------------------------------------
+
+SEND = "reports_service.send"  # NOTE: the scope key under which the app keeps the ASGI send
+
+
+def keep_send(scope: dict[str, Any], send: Any) -> None:
+    """Remember the server's ``send`` of an HTTP request, so its response can be dropped."""
+    scope[SEND] = send
+
+
+def abort_response(req: Request) -> None:
+    """Drop the connection of a response under way (an event stream whose reader stalled).
+
+    NOTE: as for a WebSocket (see :func:`abort`): uvicorn's ``send`` is a method of its
+    request-response cycle, which holds the asyncio transport; aborting it ends the pending
+    send at once, and Falcon then ends the response.
+    """
+    cycle = getattr(req.scope.get(SEND), "__self__", None)
+    drop = getattr(getattr(cycle, "transport", None), "abort", None)
+    if not type(cycle).__module__.startswith("uvicorn.") or not callable(drop):
+        _announce(STREAM_ABORT_OFF)
+        return
+    logger.info("dropping an event stream that stopped reading")
+    with contextlib.suppress(Exception):
+        drop()

@@ -2,25 +2,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from falcon import WebSocketDisconnected
-from falcon.asgi import Request, WebSocket
+from falcon.asgi import Request, Response, WebSocket
 
 from .. import transport
 from ..access import Authenticator, Grant, InvalidToken, KeysUnavailable
 from ..codes import Close
 from ..errors import ServiceError
-from ..limits import FailureThrottle
+from ..limits import FailureThrottle, TokenRates
 from ..logs import subject
 from ..metrics import AUTH_FAILURES, count_close
+from ..problems import problem
 from ..protocol import AuthReply, first_message, identity, payload_type
 
 logger = logging.getLogger("reports_service.auth")
 
 POLICY = Close.POLICY_VIOLATION
 BEARER = {"www-authenticate": "Bearer"}
+STREAMS = frozenset({"/api/changes"})  # routes that may take the token as ?access_token=
 INVALID_BEARER = {"www-authenticate": 'Bearer error="invalid_token"'}
 
 
@@ -40,11 +43,64 @@ class AuthMiddleware:
         *,
         timeout: float,
         throttle: FailureThrottle,
+        rates: TokenRates | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._protected = frozenset(protected)
         self._timeout = timeout
         self._throttle = throttle
+        self._rates = rates
+
+    async def process_resource(
+        self, req: Request, resp: Response, resource: object, params: dict[str, Any]
+    ) -> None:
+        """HTTP: every protected route needs ``Authorization: Bearer`` (a stream of events may
+        take ``?access_token=`` instead: a browser's EventSource cannot set headers)."""
+        if req.uri_template not in self._protected or req.method == "OPTIONS":
+            return
+        address = req.remote_addr or "-"
+        header = req.get_header("Authorization")
+        token = req.get_param("access_token") if req.uri_template in STREAMS else None
+        if header is not None:
+            scheme, _, value = header.strip().partition(" ")
+            token = value.strip() if scheme.lower() == "bearer" else None
+            if not token:
+                raise _unauthorized("use Authorization: Bearer <token>", BEARER)
+        elif token is None:
+            raise _unauthorized("this route needs Authorization: Bearer <token>", BEARER)
+        if wait := self._throttle.blocked_for(address):
+            AUTH_FAILURES.labels("throttled").inc()
+            raise problem(
+                429,
+                "too many failed logins from this address",
+                code="rate_limited",
+                headers={"retry-after": str(max(1, math.ceil(wait)))},
+            )
+        try:
+            grant = await self._authenticator.authenticate(token)
+        except InvalidToken as error:
+            self._throttle.failed(address)
+            logger.info("login refused for %s: %s", address, error)
+            AUTH_FAILURES.labels("invalid_token").inc()
+            raise _unauthorized("invalid token", INVALID_BEARER) from None
+        except (KeysUnavailable, ServiceError) as error:
+            logger.warning("login not checked for %s: %s", address, error)
+            AUTH_FAILURES.labels("unavailable").inc()
+            raise problem(
+                503,
+                "the token cannot be checked now, retry later",
+                code="unavailable",
+                headers={"retry-after": "5"},
+            ) from None
+        req.context.grant = grant
+        subject.set(grant.subject)
+        if self._rates is not None and (wait := self._rates.check(grant.key)):
+            raise problem(
+                429,
+                "too many requests for this token",
+                code="rate_limited",
+                headers={"retry-after": str(max(1, math.ceil(wait)))},
+            )
 
     async def process_resource_ws(
         self, req: Request, ws: WebSocket, resource: object, params: dict[str, Any]
@@ -138,3 +194,7 @@ class AuthMiddleware:
         await ws.close(code, reason)
         # NOTE: raising ends the request here, so the route's responder never runs.
         raise WebSocketDisconnected(code)
+
+
+def _unauthorized(detail: str, headers: dict[str, str]) -> Exception:
+    return problem(401, detail, code="invalid_token", headers=headers)

@@ -32,17 +32,11 @@ async def close(ws: WebSocket, code: Close, reason: str, within: float) -> None:
     await transport.close(ws, code, reason, within)
 
 
-class Connection:
-    """One accepted connection: its entry in the registry, and its message limits.
-
-    NOTE: one of these lives as long as each connection, so it has slots and holds no
-    callables. An idle connection's memory is the budget that matters (see benchmarks/):
-    this is the one place that says so; every ``__slots__`` and ``del`` here serves it.
-    """
+class Member:
+    """What the registry keeps of each open WebSocket connection or event stream: its route,
+    its grant (what its token may do), and when it was last seen, sent to, or subscribed."""
 
     __slots__ = (
-        "_limiter",
-        "_settings",
         "expiry_warned",
         "grant",
         "last_seen",
@@ -51,13 +45,9 @@ class Connection:
         "sending_since",
         "subscribed",
         "token",
-        "ws",
     )
 
-    def __init__(
-        self, ws: WebSocket, route: str, settings: Settings, grant: Grant | None = None
-    ) -> None:
-        self.ws = ws
+    def __init__(self, route: str, grant: Grant | None) -> None:
         self.route = route
         self.grant: Grant = grant or ANONYMOUS
         self.token = grant.key if grant is not None else None  # what the per-token cap counts
@@ -66,13 +56,38 @@ class Connection:
         self.last_seen = time.monotonic()
         self.sending_since = 0.0  # 0: no send under way
         self.subscribed = False  # True: not idle, even without messages
-        self._settings = settings
-        self._limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
 
     def refreshed(self, grant: Grant) -> None:
         """From now on the connection may do what ``grant`` says (same identity)."""
         self.grant = grant
         self.expiry_warned = False
+
+    async def close(self, code: Close, reason: str) -> None:
+        """End it, telling the peer why (a close frame, or the end of a stream)."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Drop it at once: its peer stopped reading."""
+        raise NotImplementedError
+
+
+class Connection(Member):
+    """One accepted connection: its entry in the registry, and its message limits.
+
+    NOTE: one of these lives as long as each connection, so it has slots and holds no
+    callables. An idle connection's memory is the budget that matters (see benchmarks/):
+    this is the one place that says so; every ``__slots__`` and ``del`` here serves it.
+    """
+
+    __slots__ = ("_limiter", "_settings", "ws")
+
+    def __init__(
+        self, ws: WebSocket, route: str, settings: Settings, grant: Grant | None = None
+    ) -> None:
+        super().__init__(route, grant)
+        self.ws = ws
+        self._settings = settings
+        self._limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
 
     def received(self, payload: Payload) -> bool:
         """Takes note of a message; False when it is over the size limit."""
@@ -102,6 +117,9 @@ class Connection:
 
     async def close(self, code: Close, reason: str) -> None:
         await close(self.ws, code, reason, self._settings.send_timeout)
+
+    def abort(self) -> None:
+        transport.abort(self.ws)
 
 
 def _too_big(payload: Payload, limit: int) -> bool:

@@ -7,7 +7,7 @@ import logging
 import time
 from collections import Counter
 
-from .. import metrics, tasks, transport
+from .. import metrics, tasks
 from ..access import Kind
 from ..codes import Close
 from ..config import Settings
@@ -15,13 +15,14 @@ from ..errors import ServiceError
 from ..limits import Refused
 from ..metrics import CONNECTIONS
 from ..repository import ReportRepository
-from .connection import ANONYMOUS, Connection, close
+from .connection import ANONYMOUS, Member
 
 logger = logging.getLogger("reports_service.limits")
 
 
 class ConnectionRegistry:
-    """The open WebSocket connections of this process, capped in all and per token.
+    """The open WebSocket connections and event streams of this process, capped in all and per
+    token.
 
     A watchdog closes connections idle for ``idle_timeout`` (1001) and drops those whose
     peer stopped reading for ``send_timeout``.
@@ -41,14 +42,14 @@ class ConnectionRegistry:
         self._idle_timeout = idle_timeout
         self._send_timeout = send_timeout
         self._expiry_warning = expiry_warning
-        self._open: set[Connection] = set()
+        self._open: set[Member] = set()
         self._per_token: Counter[str] = Counter()
         self._watchdog: asyncio.Task[None] | None = None
 
     def full(self) -> bool:
         return len(self._open) >= self.max_total
 
-    def admit(self, conn: Connection) -> None:
+    def admit(self, conn: Member) -> None:
         """Counts ``conn`` until :meth:`release`; raises Refused over a limit."""
         if self.full():
             raise Refused(Close.TRY_AGAIN_LATER, "server full: too many connections")
@@ -60,7 +61,7 @@ class ConnectionRegistry:
             self._per_token[token] += 1
         CONNECTIONS.labels(conn.route).inc()
 
-    def release(self, conn: Connection) -> None:
+    def release(self, conn: Member) -> None:
         """No longer counts ``conn`` (admitted before)."""
         CONNECTIONS.labels(conn.route).dec()
         self._open.remove(conn)
@@ -75,7 +76,7 @@ class ConnectionRegistry:
         a JWT's ``sub``)."""
         return list({conn.grant.subject for conn in self._open if conn.grant.kind == kind})
 
-    def with_identity(self, kind: Kind, subject: str) -> list[Connection]:
+    def with_identity(self, kind: Kind, subject: str) -> list[Member]:
         return [c for c in self._open if c.grant.kind == kind and c.grant.subject == subject]
 
     async def start(self) -> None:
@@ -101,10 +102,10 @@ class ConnectionRegistry:
                     self._check_expiry(conn, wall)
             metrics.flush()  # NOTE: housekeeping of the same kind: every worker, every tick
 
-    def _check(self, conn: Connection, now: float) -> None:
+    def _check(self, conn: Member, now: float) -> None:
         if conn.sending_since and now - conn.sending_since > self._send_timeout > 0:
             conn.sending_since = 0.0
-            transport.abort(conn.ws)
+            conn.abort()
         elif (
             self._idle_timeout > 0
             and now - conn.last_seen > self._idle_timeout
@@ -112,16 +113,15 @@ class ConnectionRegistry:
         ):
             conn.last_seen = now
             logger.info("closing an idle connection on %s", conn.route)
-            closing = close(conn.ws, Close.GOING_AWAY, "idle timeout", self._send_timeout)
+            closing = conn.close(Close.GOING_AWAY, "idle timeout")
             tasks.spawn(closing, name="close-idle")
 
-    def _check_expiry(self, conn: Connection, wall: float) -> None:
+    def _check_expiry(self, conn: Member, wall: float) -> None:
         grant = conn.grant
         if wall >= grant.ends:
             logger.info("closing a connection of %r: token expired", grant.subject)
             conn.refreshed(ANONYMOUS)  # NOTE: nothing more is answered or pushed meanwhile
-            reason = "token expired"
-            closing = close(conn.ws, Close.POLICY_VIOLATION, reason, self._send_timeout)
+            closing = conn.close(Close.POLICY_VIOLATION, "token expired")
             tasks.spawn(closing, name="close-expired")
         elif not conn.expiry_warned and conn.listener is not None:
             conn.expiry_warned = True
@@ -137,12 +137,10 @@ class TokenGuard:
         registry: ConnectionRegistry,
         *,
         interval: float,
-        send_timeout: float,
     ) -> None:
         self._repository = repository
         self._registry = registry
         self._interval = interval
-        self._send_timeout = send_timeout
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -173,15 +171,14 @@ class TokenGuard:
                 )
             await self._close(doomed)
 
-    async def _close(self, doomed: list[Connection]) -> None:
+    async def _close(self, doomed: list[Member]) -> None:
         # NOTE: all at once: one peer that does not read its close frame must not hold up the
         #   others for a send timeout each.
         closing = []
         for conn in doomed:
             logger.info("closing a connection of revoked %r", conn.grant.subject)
             conn.refreshed(ANONYMOUS)
-            reason = "token revoked"
-            closing.append(close(conn.ws, Close.POLICY_VIOLATION, reason, self._send_timeout))
+            closing.append(conn.close(Close.POLICY_VIOLATION, "token revoked"))
         await asyncio.gather(*closing)
 
 
