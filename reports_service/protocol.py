@@ -138,6 +138,7 @@ REQUEST_TYPES: tuple[type[Request], ...] = (
 )
 KNOWN_TYPES = frozenset(str(t.__struct_config__.tag) for t in REQUEST_TYPES)
 
+
 class ReportIn(Struct, forbid_unknown_fields=True, kw_only=True):
     """The body of ``PUT /api/reports/{name}``: the report's new title and content."""
 
