@@ -91,7 +91,10 @@ EXAMPLES: dict[type[msgspec.Struct], list[msgspec.Struct]] = {
     Subscribe: [Subscribe(id=5, names=["report1"]), Subscribe(id=6, since=4)],
     Unsubscribe: [Unsubscribe(id=7)],
     Ping: [Ping(id=8)],
-    Put: [Put(id=10, name="report1", title="Report 1", content="Changed")],
+    Put: [
+        Put(id=10, name="report1", title="Report 1", content="Changed"),
+        Put(id=16, name="report1", title="Report 1", content="Again", if_version=1),
+    ],
     Remove: [Remove(id=11, name="report1")],
     Auth: [Auth(id=12, token=_JWT)],
     AuthReply: [
@@ -109,6 +112,7 @@ EXAMPLES: dict[type[msgspec.Struct], list[msgspec.Struct]] = {
         ErrorReply(None, ErrorBody("invalid_request", "Object missing required field `name`")),
         ErrorReply(14, ErrorBody("forbidden", "this token may not write 'report1'")),
         ErrorReply(15, ErrorBody("invalid_token", "invalid token")),
+        ErrorReply(16, ErrorBody("conflict", "report 'report1' is at version 5")),
     ],
     ReportEvent: [ReportEvent("report.updated", _CHANGED, 5)],
     ResyncEvent: [ResyncEvent("resync", 5)],
@@ -239,6 +243,8 @@ HTTP 403) |
 subject's token |
 | `invalid_token` | the token sent with a later `auth` does not authenticate |
 | `rate_limited` | too many messages: wait `retry_after` seconds |
+| `conflict` | `put` or `remove` with an `if_version` that is not the report's version \
+(0 for a `put`: the report exists): nothing was changed |
 
 A client that stops reading is dropped, without a close frame, once a message has waited
 `REPORTS_SEND_TIMEOUT` seconds to be sent to it.
