@@ -506,6 +506,8 @@ async def test_sqlite_file_unreadable(
         #   change watcher).
         spare = [await connect(first, WRITE_TOKEN) for _ in range(12)]
         clients += spare
+        # NOTE: and a point read made, so the point reader has its connection open too.
+        assert (await call(reader, {"id": 0, "type": "get", "name": "report1"}))["result"]
         os.chmod(path, 0)
         try:
             # Open connections keep the file open: the running server goes on serving.
