@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http
 import logging
 from typing import Any
@@ -92,5 +93,6 @@ async def last_resort(
     if resp is not None:
         resp.status = 500
         serialize(req, resp, problem(500, "the server failed to answer this request"))
-    if ws is not None:  # NOTE: Falcon would close with 1011 and log its own traceback
-        await ws.close(1011)
+    if ws is not None:  # NOTE: as Falcon would, without its own traceback
+        with contextlib.suppress(Exception):  # NOTE: the peer may be gone already
+            await ws.close(1011)
