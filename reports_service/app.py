@@ -24,6 +24,7 @@ from .resources.changes import ChangesResource
 from .resources.echo import EchoResource
 from .resources.hello import HelloResource
 from .resources.media import RawBinary, RawText
+from .resources.openapi import OpenAPIResource
 from .resources.ops import HealthResource, MetricsResource, ReadyResource
 from .resources.registry import TokenGuard, registry_for
 from .resources.reports import ReportsResource
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
         ),
     )
     app.add_route("/asyncapi.json", AsyncAPIResource())
+    app.add_route("/openapi.json", OpenAPIResource())
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(repository))
     app.add_route("/metrics", MetricsResource())
