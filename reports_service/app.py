@@ -36,11 +36,13 @@ PROTECTED_ROUTES = ("/reports", "/api/reports", "/api/reports/{name:path}", "/ap
 
 
 class App(falcon.asgi.App):  # type: ignore[type-arg]
-    """Falcon's app, keeping each HTTP request's ``send`` (see transport.abort_response)."""
+    """Falcon's app, keeping each HTTP request's ``send`` and watching its ``receive`` for the
+    client's disconnect (see transport.abort_response and transport.watch_disconnect)."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:  # type: ignore[override]
         if scope["type"] == "http":
             transport.keep_send(scope, send)
+            receive = transport.watch_disconnect(scope, receive)
         await super().__call__(scope, receive, send)
 
 

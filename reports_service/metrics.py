@@ -20,7 +20,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 CONNECTIONS = Gauge(
     "reports_connections_open",
-    "WebSocket connections open now, by route",
+    "WebSocket connections and event streams open now, by route",
     ["route"],
     multiprocess_mode="livesum",
 )

@@ -341,11 +341,32 @@ def quiet_late_driver_threads(args: threading.ExceptHookArgs) -> None:
 # -- per HTTP response ----------------------------------------------------------------------
 
 SEND = "reports_service.send"  # NOTE: the scope key under which the app keeps the ASGI send
+ON_DISCONNECT = "reports_service.on_disconnect"  # NOTE: and a callable to call on disconnect
 
 
 def keep_send(scope: dict[str, Any], send: Any) -> None:
     """Remember the server's ``send`` of an HTTP request, so its response can be dropped."""
     scope[SEND] = send
+
+
+def watch_disconnect(scope: dict[str, Any], receive: Any) -> Any:
+    """``receive``, calling ``scope[ON_DISCONNECT]`` (if set) when the client is gone.
+
+    NOTE: Falcon learns of a closed event stream only at its next event; with this, the
+    stream ends (and frees its place under the caps) as soon as the server sees it.
+    """
+
+    async def receive_watched() -> Any:
+        message = await receive()
+        if message["type"] == "http.disconnect" and (hook := scope.get(ON_DISCONNECT)):
+            hook()
+        return message
+
+    return receive_watched
+
+
+def on_disconnect(req: Request, hook: Callable[[], None]) -> None:
+    req.scope[ON_DISCONNECT] = hook
 
 
 def abort_response(req: Request) -> None:

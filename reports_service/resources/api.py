@@ -49,7 +49,9 @@ def _if_match(req: Request) -> int | None:
         return None
     tags = [tag.strip() for tag in header.split(",")]
     if len(tags) != 1 or not _is_version_tag(tags[0]):
-        raise problem(400, 'If-Match must be one ETag of this API, such as "12"')
+        raise problem(
+            400, 'If-Match must be one ETag of this API, such as "12"', code="invalid_request"
+        )
     return int(tags[0][1:-1])
 
 
@@ -70,7 +72,8 @@ class ReportResource:
         if report is None:
             raise problem(404, f"no report named {name!r}", code="not_found")
         wanted = req.get_header("If-None-Match")
-        if wanted is not None and etag(report.version) in (t.strip() for t in wanted.split(",")):
+        tags = {tag.strip() for tag in wanted.split(",")} if wanted is not None else set()
+        if etag(report.version) in tags or "*" in tags:
             resp.status = falcon.HTTP_304
             resp.etag = etag(report.version)
             return
@@ -81,7 +84,11 @@ class ReportResource:
         if_version = _if_match(req)
         if req.get_header("If-None-Match") is not None:
             if req.get_header("If-None-Match", default="").strip() != "*" or if_version is not None:
-                raise problem(400, "a PUT takes If-None-Match: * alone, to create only")
+                raise problem(
+                    400,
+                    "a PUT takes If-None-Match: * alone, to create only",
+                    code="invalid_request",
+                )
             if_version = 0
         stored, created = await self._run(
             self._service.write(name, body.title, body.content, _grant(req), if_version=if_version)

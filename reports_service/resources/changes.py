@@ -86,6 +86,10 @@ class ChangeStream(Member):
         self._end()
         transport.abort_response(self._req)
 
+    def disconnected(self) -> None:
+        """The reader is gone."""
+        self._end()
+
     def _end(self) -> None:
         self._ended = True
         self._queue.clear()
@@ -229,6 +233,7 @@ class ChangesResource:
         except BaseException:
             self._registry.release(stream)
             raise
+        transport.on_disconnect(req, stream.disconnected)
         resp.set_header("Cache-Control", "no-store")
         resp.set_header("X-Accel-Buffering", "no")  # NOTE: nginx would buffer the stream
         resp.sse = stream.events(first, self._service, self._registry, self._keepalive)
