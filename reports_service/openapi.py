@@ -118,14 +118,17 @@ VERSION_TAG = {"type": "string", "pattern": '^"[0-9]+"$', "examples": ['"12"']}
 
 HEADERS: dict[str, Any] = {
     "ETag": {
+        "required": True,
         "description": 'The report\'s version, quoted: `"<version>"`.',
         "schema": VERSION_TAG,
     },
     "Retry-After": {
+        "required": True,
         "description": "Seconds to wait before trying again.",
         "schema": {"type": "string", "pattern": "^[0-9]+$"},
     },
     "WWW-Authenticate": {
+        "required": True,
         "description": '`Bearer`, or `Bearer error="invalid_token"` for a token that is refused.',
         "schema": {"type": "string"},
     },
