@@ -72,7 +72,8 @@ class ReportResource:
         if report is None:
             raise problem(404, f"no report named {name!r}", code="not_found")
         wanted = req.get_header("If-None-Match")
-        tags = {tag.strip() for tag in wanted.split(",")} if wanted is not None else set()
+        # NOTE: compared weakly, as RFC 9110 says for If-None-Match
+        tags = {t.strip().removeprefix("W/") for t in wanted.split(",")} if wanted else set()
         if etag(report.version) in tags or "*" in tags:
             resp.status = falcon.HTTP_304
             resp.etag = etag(report.version)
@@ -102,13 +103,13 @@ class ReportResource:
 
     async def _body(self, req: Request) -> bytes:
         if req.content_type is None or req.content_type.split(";")[0].strip() != falcon.MEDIA_JSON:
-            raise problem(415, "send the report as application/json")
+            raise problem(415, "send the report as application/json", code="invalid_request")
         limit = self._max_body_bytes
         if req.content_length is not None and req.content_length > limit:
-            raise problem(413, f"the body is over {limit} bytes")
+            raise problem(413, f"the body is over {limit} bytes", code="invalid_request")
         data = await req.stream.read(limit + 1)
         if len(data) > limit:
-            raise problem(413, f"the body is over {limit} bytes")
+            raise problem(413, f"the body is over {limit} bytes", code="invalid_request")
         return data
 
     @staticmethod
