@@ -20,7 +20,7 @@ from reports_service.repository import ReportRepository, repository_for
 
 from .conftest import TOKEN, TUTORIAL, WRITE_TOKEN
 from .jwts import SECRET
-from .server import Server
+from .server import Server, free_port
 
 LIMIT = 4096  # REPORTS_MAX_MESSAGE_BYTES of the API's server: the largest body it takes
 ORIGIN = "https://app.example"  # the one origin allowed besides the service's own
@@ -84,6 +84,8 @@ def api_env(url: str, directory: Path, **settings: str) -> dict[str, str]:
         REPORTS_LOG_LEVEL="DEBUG",
         REPORTS_JWT_SECRET=SECRET,
         REPORTS_JWT_LEEWAY="0",
+        # NOTE: a JWKS nobody serves: a JWT signed with a key pair cannot be checked (503)
+        REPORTS_JWT_JWKS=f"http://127.0.0.1:{free_port()}/jwks.json",
         REPORTS_ALLOWED_ORIGINS=ORIGIN,
         REPORTS_AUTH_FAILURES=str(AUTH_FAILURES),
         REPORTS_MAX_MESSAGE_BYTES=str(LIMIT),

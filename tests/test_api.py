@@ -33,7 +33,7 @@ from .api_client import (
 from .clients import call, connect
 from .conftest import TOKEN, WRITE_TOKEN
 from .databases import PostgresTemplate, SQLiteTemplate, backends
-from .jwts import SECRET, claims, mint
+from .jwts import SECRET, claims, ec_key, mint
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -327,6 +327,17 @@ async def test_a_jwt_is_a_bearer_token_and_an_expired_one_is_401(
         assert refused.headers["www-authenticate"] == 'Bearer error="invalid_token"'
     assert await repo.get_report(name="jwt/made") is not None
     assert await repo.get_report(name="jwt/late") is None
+
+
+async def test_a_token_that_cannot_be_checked_is_503_and_no_failed_login(api: Api) -> None:
+    unverifiable = mint(ec_key(), claims("jwks-user"), kid="ec-1")
+    async with api.client(unverifiable, local_address=elsewhere()) as client:
+        for _ in range(AUTH_FAILURES + 1):
+            answer = await client.get(path("report1"))
+            assert_problem(answer, 503, "unavailable")
+            assert answer.headers["retry-after"] == "5"
+        client.headers["Authorization"] = f"Bearer {TOKEN}"
+        assert (await client.get(path("report1"))).json()["title"] == "Report 1"
 
 
 async def test_failed_logins_from_one_address_are_throttled(api: Api) -> None:
