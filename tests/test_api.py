@@ -533,6 +533,6 @@ async def test_the_log_has_no_token_and_no_traceback(api: Api, repo: ReportRepos
         assert_problem(refused, 401, "invalid_token")
     api.secrets.update({secret, "leaked-0123456789"})
     log = api.server.log()
-    assert "GET /api/changes" in log
+    assert "/api/changes" in log
     assert "Traceback" not in log
     assert [s for s in api.secrets if s in log] == []
