@@ -137,9 +137,10 @@ async def test_if_match_and_if_none_match(api: Api, repo: ReportRepository) -> N
             412,
             "conflict",
         )
-        assert_problem(
-            await client.put(path(name), json=report("E"), headers={"If-Match": "12, 13"}), 400
-        )
+        for malformed in ("12", '"1", "2"', "*", '"' + "9" * 5000 + '"'):
+            headers = {"If-Match": malformed}
+            assert_problem(await client.put(path(name), json=report("E"), headers=headers), 400)
+            assert_problem(await client.delete(path(name), headers=headers), 400)
         stale_delete = await client.delete(path(name), headers={"If-Match": first})
         assert_problem(stale_delete, 412, "conflict")
         stored = await repo.get_report(name=name)
