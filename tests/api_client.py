@@ -7,7 +7,7 @@ import asyncio
 import concurrent.futures
 import http
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,6 @@ class Api:
         headers = dict(options.pop("headers", {}))
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        if token is not None:
             self.secrets.add(token)
         local = options.pop("local_address", None)
         transport = httpx.AsyncHTTPTransport(local_address=local) if local else None
@@ -57,10 +56,10 @@ def path(name: str) -> str:
     return "/api/reports/" + quote(name, safe="/")
 
 
-def run_async(work: Callable[[], Awaitable[None]]) -> None:
+def run_async(work: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run ``work`` on a loop of its own (module fixtures run outside the tests' loops)."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, work()).result()  # type: ignore[arg-type]
+        pool.submit(asyncio.run, work()).result()
 
 
 def seed(url: str) -> None:
@@ -76,7 +75,8 @@ def seed(url: str) -> None:
     run_async(work)
 
 
-def api_env(url: str, directory: Path, **settings: str) -> dict[str, str]:
+def api_env(url: str, directory: Path) -> dict[str, str]:
+    """The API server's environment: its database, and settings the tests rely on."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPORTS_")}
     env.update(
         REPORTS_DATABASE_URL=url,
@@ -90,7 +90,6 @@ def api_env(url: str, directory: Path, **settings: str) -> dict[str, str]:
         REPORTS_AUTH_FAILURES=str(AUTH_FAILURES),
         REPORTS_MAX_MESSAGE_BYTES=str(LIMIT),
     )
-    env.update((f"REPORTS_{key.upper()}", value) for key, value in settings.items())
     return env
 
 
@@ -114,4 +113,15 @@ def etag(response: httpx.Response) -> str:
     return tag
 
 
-__all__ = ["Api", "api_env", "assert_problem", "etag", "path", "run_async"]
+__all__ = [
+    "AUTH_FAILURES",
+    "LIMIT",
+    "ORIGIN",
+    "Api",
+    "api_env",
+    "assert_problem",
+    "etag",
+    "path",
+    "run_async",
+    "seed",
+]
