@@ -57,7 +57,8 @@ def _if_match(req: Request) -> int | None:
 
 def _is_version_tag(tag: str) -> bool:
     inner = tag[1:-1]
-    return len(tag) > 2 and tag[0] == tag[-1] == '"' and inner.isascii() and inner.isdigit()
+    # NOTE: at most 19 digits (a version is below 2**63): int() of over 4,300 raises ValueError
+    return 2 < len(tag) <= 21 and tag[0] == tag[-1] == '"' and inner.isascii() and inner.isdigit()
 
 
 class ReportResource:
