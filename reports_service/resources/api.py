@@ -103,7 +103,8 @@ class ReportResource:
         resp.status = falcon.HTTP_204
 
     async def _body(self, req: Request) -> bytes:
-        if req.content_type is None or req.content_type.split(";")[0].strip() != falcon.MEDIA_JSON:
+        media = (req.content_type or "").split(";")[0].strip().lower()
+        if media != falcon.MEDIA_JSON:
             raise problem(415, "send the report as application/json", code="invalid_request")
         limit = self._max_body_bytes
         if req.content_length is not None and req.content_length > limit:

@@ -107,6 +107,11 @@ class ChangeStream(Member):
         self._end()
         transport.abort_response(self._req)
 
+    def server_stopping(self) -> None:
+        # NOTE: the reader's EventSource reconnects (to another server) with Last-Event-ID
+        logger.info("ending an event stream of %r: server stopping", self.grant.subject)
+        self._end()
+
     # -- the stream ------------------------------------------------------------------------
 
     async def start(self, service: ReportService, since: int | None) -> list[SSEvent]:
