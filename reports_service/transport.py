@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,7 @@ RECEIVER_KEPT = "idle connections keep a Falcon receive buffer each (memory savi
 CLIENT_FAULTS_OFF = "a client's invalid UTF-8 is logged by uvicorn as an ERROR with a traceback"
 DENIAL_OFF = "refused handshakes get Falcon's HTTP 403, not a 401 with WWW-Authenticate"
 STREAM_ABORT_OFF = "slow readers of an event stream cannot be dropped with this uvicorn"
+EXIT_UNSEEN = "event streams are not ended when uvicorn stops: it waits its graceful timeout"
 LATE_THREADS_OFF = "a late error in aiosqlite's worker thread may print a traceback in the CLI"
 NOT_UVICORN = (
     "connections not served by uvicorn keep the server's handshake state, "
@@ -132,6 +134,12 @@ def _stream_abort_holds() -> bool:
     )
 
 
+def _exit_seen_holds() -> bool:
+    from uvicorn.server import Server
+
+    return {"should_exit"} <= _code_words(Server) and inspect.isfunction(Server.handle_exit)
+
+
 def _denial_holds() -> bool:
     return {"_asgi_send", "_state"} <= _slots(WebSocket) and hasattr(_WebSocketState, "CLOSED")
 
@@ -170,6 +178,7 @@ _PROBES: list[tuple[str, Callable[[], bool]]] = [
     (LATE_THREADS_OFF, _late_threads_hold),
     (DENIAL_OFF, _denial_holds),
     (STREAM_ABORT_OFF, _stream_abort_holds),
+    (EXIT_UNSEEN, _exit_seen_holds),
 ]
 
 
@@ -367,6 +376,26 @@ def watch_disconnect(scope: dict[str, Any], receive: Any) -> Any:
 
 def on_disconnect(req: Request, hook: Callable[[], None]) -> None:
     req.scope[ON_DISCONNECT] = hook
+
+
+# -- the server -----------------------------------------------------------------------------
+
+
+def uvicorn_server() -> Any:
+    """The uvicorn server running this process (found at start-up through the SIGTERM handler
+    it installs), or None."""
+    # NOTE: uvicorn closes WebSockets with 1012 when it stops, but only waits for responses
+    #   under way, an endless event stream included, until its graceful-shutdown timeout, then
+    #   cancels them with a traceback. Its `should_exit` tells the streams to end first.
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    if type(server).__module__.startswith("uvicorn.") and hasattr(server, "should_exit"):
+        return server
+    return None
+
+
+def exiting(server: Any) -> bool:
+    """Whether ``server`` (from :func:`uvicorn_server`) has been told to stop."""
+    return server is not None and server.should_exit is True
 
 
 def abort_response(req: Request) -> None:

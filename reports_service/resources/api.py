@@ -57,7 +57,8 @@ def _if_match(req: Request) -> int | None:
 
 def _is_version_tag(tag: str) -> bool:
     inner = tag[1:-1]
-    return len(tag) > 2 and tag[0] == tag[-1] == '"' and inner.isascii() and inner.isdigit()
+    # NOTE: at most 19 digits (a version is below 2**63): int() of over 4,300 raises ValueError
+    return 2 < len(tag) <= 21 and tag[0] == tag[-1] == '"' and inner.isascii() and inner.isdigit()
 
 
 class ReportResource:
@@ -72,7 +73,8 @@ class ReportResource:
         if report is None:
             raise problem(404, f"no report named {name!r}", code="not_found")
         wanted = req.get_header("If-None-Match")
-        tags = {tag.strip() for tag in wanted.split(",")} if wanted is not None else set()
+        # NOTE: compared weakly, as RFC 9110 says for If-None-Match
+        tags = {t.strip().removeprefix("W/") for t in wanted.split(",")} if wanted else set()
         if etag(report.version) in tags or "*" in tags:
             resp.status = falcon.HTTP_304
             resp.etag = etag(report.version)
@@ -101,14 +103,15 @@ class ReportResource:
         resp.status = falcon.HTTP_204
 
     async def _body(self, req: Request) -> bytes:
-        if req.content_type is None or req.content_type.split(";")[0].strip() != falcon.MEDIA_JSON:
-            raise problem(415, "send the report as application/json")
+        media = (req.content_type or "").split(";")[0].strip().lower()
+        if media != falcon.MEDIA_JSON:
+            raise problem(415, "send the report as application/json", code="invalid_request")
         limit = self._max_body_bytes
         if req.content_length is not None and req.content_length > limit:
-            raise problem(413, f"the body is over {limit} bytes")
+            raise problem(413, f"the body is over {limit} bytes", code="invalid_request")
         data = await req.stream.read(limit + 1)
         if len(data) > limit:
-            raise problem(413, f"the body is over {limit} bytes")
+            raise problem(413, f"the body is over {limit} bytes", code="invalid_request")
         return data
 
     @staticmethod

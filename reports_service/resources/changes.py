@@ -16,7 +16,7 @@ from ..codes import Close
 from ..errors import DatabaseUnavailable
 from ..limits import Refused
 from ..problems import problem
-from ..protocol import RequestError, ResyncEvent, encode_text, event_frame
+from ..protocol import ErrorCode, RequestError, ResyncEvent, encode_text, event_frame
 from ..records import MAX_NAME_LENGTH, Change
 from ..service import ReportService
 from .connection import Member
@@ -106,6 +106,11 @@ class ChangeStream(Member):
     def abort(self) -> None:
         self._end()
         transport.abort_response(self._req)
+
+    def server_stopping(self) -> None:
+        # NOTE: the reader's EventSource reconnects (to another server) with Last-Event-ID
+        logger.info("ending an event stream of %r: server stopping", self.grant.subject)
+        self._end()
 
     # -- the stream ------------------------------------------------------------------------
 
@@ -227,7 +232,9 @@ class ChangesResource:
             self._registry.admit(stream)
         except Refused as refused:
             status = 503 if refused.code == Close.TRY_AGAIN_LATER else 429
-            raise problem(status, refused.reason, headers={"retry-after": "5"}) from None
+            code: ErrorCode = "unavailable" if status == 503 else "rate_limited"
+            headers = {"retry-after": "5"}
+            raise problem(status, refused.reason, code=code, headers=headers) from None
         try:
             first = await stream.start(self._service, since)
         except BaseException:
@@ -251,7 +258,7 @@ def _since(req: Request) -> int | None:
 
 
 def _names(req: Request) -> list[str] | None:
-    names = req.get_param_as_list("names")
+    names = req.get_param_as_list("names", delimiter=",")
     if names is None:
         return None
     if len(names) > MAX_NAMES or any(not 0 < len(n) <= MAX_NAME_LENGTH for n in names):

@@ -70,6 +70,9 @@ class Member:
         """Drop it at once: its peer stopped reading."""
         raise NotImplementedError
 
+    def server_stopping(self) -> None:
+        """The server is stopping (a WebSocket is closed by the server itself, with 1012)."""
+
 
 class Connection(Member):
     """One accepted connection: its entry in the registry, and its message limits.

@@ -7,7 +7,7 @@ import logging
 import time
 from collections import Counter
 
-from .. import metrics, tasks
+from .. import metrics, tasks, transport
 from ..access import Kind
 from ..codes import Close
 from ..config import Settings
@@ -45,6 +45,7 @@ class ConnectionRegistry:
         self._open: set[Member] = set()
         self._per_token: Counter[str] = Counter()
         self._watchdog: asyncio.Task[None] | None = None
+        self._server: object = None  # NOTE: the uvicorn server, to learn when it stops
 
     def full(self) -> bool:
         return len(self._open) >= self.max_total
@@ -82,6 +83,7 @@ class ConnectionRegistry:
     async def start(self) -> None:
         if self._watchdog is None:
             self._watchdog = tasks.spawn(self._watch(), name="connection-watchdog")
+            self._server = transport.uvicorn_server()
 
     async def stop(self) -> None:
         if self._watchdog is not None:
@@ -96,6 +98,10 @@ class ConnectionRegistry:
         while True:
             await asyncio.sleep(tick)
             now, wall = time.monotonic(), time.time()
+            if transport.exiting(self._server):
+                self._server = None
+                for conn in list(self._open):
+                    conn.server_stopping()
             for conn in list(self._open):
                 self._check(conn, now)
                 if conn.grant.expires - self._expiry_warning <= wall:
