@@ -114,7 +114,7 @@ SECURITY_SCHEMES = {
     },
 }
 
-VERSION_TAG = {"type": "string", "pattern": '^"[0-9]+"$', "examples": ['"12"']}
+VERSION_TAG = {"type": "string", "pattern": '^"[0-9]{1,19}"$', "examples": ['"12"']}
 
 HEADERS: dict[str, Any] = {
     "ETag": {
@@ -140,8 +140,8 @@ PARAMETERS: dict[str, Any] = {
         "in": "path",
         "required": True,
         "description": (
-            "The report's name. A name to write must not be blank, nor start or end with "
-            "spaces, nor hold a NUL character."
+            "The report's name; it may hold `/` (`sales/q1`). A name to write must not be "
+            "blank, nor start or end with spaces, nor hold a NUL character."
         ),
         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH},
     },
@@ -234,7 +234,10 @@ def _report_path(ref: dict[type[msgspec.Struct], dict[str, Any]]) -> dict[str, A
             {
                 "name": "If-None-Match",
                 "in": "header",
-                "description": "ETags the client has: `304` when one is the report's.",
+                "description": (
+                    "ETags the client has (compared weakly): `304` when one is the report's, "
+                    "or for `*`."
+                ),
                 "schema": {"type": "string"},
             }
         ],
@@ -397,7 +400,7 @@ def _changes_operation() -> dict[str, Any]:
                 "name": "Last-Event-ID",
                 "in": "header",
                 "description": "What `EventSource` sends after a reconnect: as `since`, first.",
-                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
             },
         ],
         "responses": {
