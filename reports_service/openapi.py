@@ -199,7 +199,7 @@ def _shared(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/responses/{name}"}
 
 
-def _api_errors(**more: dict[str, Any]) -> dict[str, Any]:
+def _api_errors(more: dict[str, Any]) -> dict[str, Any]:
     """The error responses of an /api operation: ``more`` and those every one may get."""
     return {
         **more,
@@ -247,7 +247,7 @@ def _report_path(ref: dict[type[msgspec.Struct], dict[str, Any]]) -> dict[str, A
                 "description": "The report is at the version of an ETag in `If-None-Match`.",
                 "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
             },
-            **_api_errors(**{"404": _shared("NotFound")}),
+            **_api_errors({"404": _shared("NotFound")}),
         },
     }
     put = {
@@ -272,7 +272,7 @@ def _report_path(ref: dict[type[msgspec.Struct], dict[str, Any]]) -> dict[str, A
             "200": _report("The report was replaced; the report as stored.", ref),
             "201": _report("The report was created; the report as stored.", ref),
             **_api_errors(
-                **{
+                {
                     "400": _problem(
                         "The body is not JSON, not a valid report (a field missing, unknown or "
                         "too long), or the name or the conditional headers are not valid."
@@ -297,7 +297,7 @@ def _report_path(ref: dict[type[msgspec.Struct], dict[str, Any]]) -> dict[str, A
         "responses": {
             "204": {"description": "The report was removed."},
             **_api_errors(
-                **{
+                {
                     "400": _problem("`If-Match` is not one ETag of this API."),
                     "403": _shared("Forbidden"),
                     "404": _shared("NotFound"),
@@ -341,7 +341,7 @@ def _list_operation(ref: dict[type[msgspec.Struct], dict[str, Any]]) -> dict[str
                 "content": _json(ref[Page]),
             },
             **_api_errors(
-                **{
+                {
                     "400": _problem(
                         "A cursor this server did not hand out (code `bad_cursor`), or a "
                         "parameter out of range, repeated or unknown (code `invalid_request`)."
