@@ -246,7 +246,7 @@ def _since(req: Request) -> int | None:
 
 
 def _names(req: Request) -> list[str] | None:
-    names = req.get_param_as_list("names")
+    names = req.get_param_as_list("names", delimiter=",")
     if names is None:
         return None
     if len(names) > MAX_NAMES or any(not 0 < len(n) <= MAX_NAME_LENGTH for n in names):
