@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -82,7 +81,7 @@ def live(
             "REPORTS_SSE_KEEPALIVE": "0.5",
             "REPORTS_CHANGELOG_RETENTION": str(RETENTION),
             "REPORTS_SUBSCRIBER_QUEUE": str(QUEUE),
-            "REPORTS_SEND_TIMEOUT": "3",
+            "REPORTS_SEND_TIMEOUT": "30",  # NOTE: the queue drops a slow reader first
             "REPORTS_MAX_CONNECTIONS_PER_TOKEN": "2",
             "REPORTS_MAX_MESSAGE_BYTES": str(1_100_000),
             "REPORTS_RATE_LIMIT": "0",
@@ -387,7 +386,7 @@ async def test_slow_reader_is_dropped_and_others_get_every_change(live: Live) ->
                 got = await normal.change()
                 assert int(got.id or 0) == written[-1]
                 assert len(got.json()["report"]["content"]) == 1_000_000 - n
-                if re.search("dropping (a slow|an) event stream", live.server.log()):
+                if "dropping a slow event stream" in live.server.log():
                     break
             else:
                 raise AssertionError(f"the slow reader was not dropped:\n{live.server.log()}")
