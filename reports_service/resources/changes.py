@@ -83,8 +83,7 @@ class ChangeStream(Member):
 
     def _drop(self) -> None:
         logger.info("dropping a slow event stream of %r", self.grant.subject)
-        self._end()
-        transport.abort_response(self._req)
+        self.abort()
 
     def disconnected(self) -> None:
         """The reader is gone."""
