@@ -116,7 +116,9 @@ async def test_writes_resume_once_space_is_freed(
         async with httpx.AsyncClient(
             base_url=server.http, headers={"Authorization": f"Bearer {WRITE_TOKEN}"}
         ) as client:
-            response = await client.put("/api/reports/disk0", json={"title": "HTTP", "content": CONTENT})
+            response = await client.put(
+                "/api/reports/disk0", json={"title": "HTTP", "content": CONTENT}
+            )
             assert response.status_code == 503, response.text
             assert response.json()["code"] == "unavailable"
             response = await client.get("/api/reports/disk0")
