@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     sizes = parser.add_argument_group("sizes")
     sizes.add_argument("--big-reports", type=int, default=1_000_000, help="reports in the big DB")
     sizes.add_argument("--bulk-reports", type=int, default=100_000, help="reports seed.py adds")
+    sizes.add_argument("--puts", type=int, default=2000, help="puts one after another (puts)")
     sizes.add_argument("--idle-connections", type=int, default=10_000)
     sizes.add_argument(
         "--idle-targets",
@@ -153,6 +154,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise BenchError("--idle-connections must be in 1..50000")
     if not 1 <= args.big_reports <= 10_000_000 or not 1 <= args.bulk_reports <= 5_000_000:
         raise BenchError("--big-reports or --bulk-reports out of range")
+    if not 1 <= args.puts <= 1_000_000:
+        raise BenchError("--puts must be in 1..1000000")
 
 
 def prepare_targets(

@@ -22,7 +22,15 @@ from benchmarks import ROOT, TOKEN
 from benchmarks.databases import migrated, seed_py, sqlite_url
 from benchmarks.procs import BenchError, Proc, Processes, log, pinned, python, rss_kib, run_checked
 from benchmarks.report import Check, Section, divide, median, num, percent, ratio, table
-from benchmarks.targets import BASELINE, SQLITE, SQLITE_BIG, Server, Target, start_server
+from benchmarks.targets import (
+    BASELINE,
+    SQLITE,
+    SQLITE_BIG,
+    Server,
+    Target,
+    service,
+    start_server,
+)
 
 # The issue's targets.
 MIN_THROUGHPUT_RATIO = 0.95
@@ -435,6 +443,74 @@ class BulkWrites(Scenario):
         return Section(self.key, self.title, lines, [check], data)
 
 
+# -- sequential writes -----------------------------------------------------------------------
+
+PUT_TOKEN = "bench-write-token-0123456789"
+SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+class Puts(Scenario):
+    """Sequential `put`s over one connection, the service on SQLite with synchronous FULL
+    (the default: a commit waits for fsync) and with NORMAL; the ratio of the two."""
+
+    key = "puts"
+    title = "Sequential writes: synchronous FULL vs NORMAL"
+
+    def run(self, ctx: Context) -> Section:
+        count = ctx.args.puts
+        servers = {}
+        for mode in SYNCHRONOUS:
+            url = migrated(
+                ctx.env, sqlite_url(ctx.work_dir / f"puts-{mode}.db"), tutorial=True, token=False
+            )
+            seed_py(
+                ctx.env, url, "token", "create", "bench-writer", "--value", PUT_TOKEN, "--write"
+            )
+            label = f"service, SQLite, synchronous={mode}"
+            target = service(f"puts-{mode.lower()}", label, url, 4, sqlite_synchronous=mode)
+            servers[mode] = ctx.start(target)
+        figures: dict[str, list[dict[str, Any]]] = {mode: [] for mode in SYNCHRONOUS}
+        for repeat in range(1, ctx.args.repeats + 1):
+            for mode, server in servers.items():
+                command = pinned(
+                    python(
+                        "-m",
+                        "benchmarks.puts",
+                        *("--url", server.url, "--token", PUT_TOKEN, "--count", str(count)),
+                    ),
+                    ctx.client_cpu,
+                )
+                what = f"puts, synchronous={mode}"
+                result = run_checked(command, env=ctx.env, timeout=600, what=what)
+                data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+                figures[mode].append(data)
+                log(f"[{repeat}/{ctx.args.repeats}] {what}: {count / data['seconds']:,.0f}/s")
+        rates = {
+            mode: median([count / d["seconds"] for d in runs]) for mode, runs in figures.items()
+        }
+        rows = []
+        for mode, runs in figures.items():
+            latencies = [ms for d in runs for ms in d["ms"]]
+            rows.append(
+                [
+                    servers[mode].target.label,
+                    num(rates[mode]),
+                    num(percentile(latencies, 50), 3),
+                    num(percentile(latencies, 99), 3),
+                    ratio(divide(rates[mode], rates["NORMAL"])),
+                ]
+            )
+        lines = [
+            f"{count:,} `put`s one after another over one connection (each its own commit), "
+            f"median of {ctx.args.repeats}, into a fresh SQLite file in the run's temporary "
+            "directory (its disk decides what an fsync costs). FULL is the default: a commit "
+            "returns once the WAL is on the disk; NORMAL only syncs at checkpoints.",
+            "",
+            *table(["server", "puts/s", "p50 ms", "p99 ms", "puts/s vs NORMAL"], rows),
+        ]
+        return Section(self.key, self.title, lines, [], {"count": count, "runs": figures})
+
+
 # -- change feed -----------------------------------------------------------------------------
 
 MAX_PUSH_P99_MS = 50.0
@@ -682,7 +758,14 @@ def summarise_profile(raw: str, top: int = 25) -> dict[str, Any]:
     }
 
 
-SCENARIOS: list[type[Scenario]] = [BulkWrites, RoundTrips, IdleCapacity, ChangeFeed, Profile]
+SCENARIOS: list[type[Scenario]] = [
+    BulkWrites,
+    Puts,
+    RoundTrips,
+    IdleCapacity,
+    ChangeFeed,
+    Profile,
+]
 """In the order they run; --only / --skip pick among their keys (Profile runs with --profile)."""
 
 

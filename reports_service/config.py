@@ -62,6 +62,11 @@ class Settings:
         "seconds a SQLite writer waits for another writer's lock before giving up",
         NON_NEGATIVE,
     )
+    sqlite_synchronous: str = setting(
+        "FULL",
+        "FULL: an acknowledged write survives a power failure; NORMAL: only a crash of the "
+        "process (faster)",
+    )
     max_message_bytes: int = setting(
         65536, "largest WebSocket message accepted; a larger one is closed with 1009", AT_LEAST_ONE
     )
@@ -197,6 +202,10 @@ class Settings:
             )
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"{ENV_PREFIX}LOG_LEVEL={self.log_level!r}: use DEBUG, INFO, ...")
+        if self.sqlite_synchronous.upper() not in ("FULL", "NORMAL"):
+            raise SettingsError(
+                f"{ENV_PREFIX}SQLITE_SYNCHRONOUS={self.sqlite_synchronous!r}: use FULL or NORMAL"
+            )
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"{ENV_PREFIX}LOG_FORMAT={self.log_format!r}: use text or json")
 

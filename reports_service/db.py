@@ -14,6 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 #   BEGIN IMMEDIATE, so a SQLite writer takes the write lock up front (and waits for it up to
 #   the busy timeout) instead of failing with "database is locked" when it upgrades a read.
 WRITE_OPTIONS = {"sqlite_begin": "BEGIN IMMEDIATE"}
+SYNCHRONOUS = ("FULL", "NORMAL")
+# NOTE: SQLite checkpoints the WAL when it reaches 1,000 pages (4 MB) by default, and never
+#   shrinks it. On a disk with less than that free the WAL fills it before the checkpoint that
+#   would let it start over, and every write fails until a restart. A checkpoint every 100
+#   pages (400 KB) keeps the WAL small; after one, a WAL a large transaction grew is cut back.
+WAL_AUTOCHECKPOINT_PAGES = 100
+JOURNAL_SIZE_LIMIT = 1 << 20
 
 
 class DatabaseURLError(ValueError):
@@ -38,8 +45,10 @@ def make_engine(
     busy_timeout: float = 5.0,
     pool_size: int = 10,
     pool_timeout: float = 5.0,
+    synchronous: str = "FULL",
 ) -> AsyncEngine:
-    """An async engine for ``url``; SQLite gets WAL, a busy timeout and explicit BEGINs."""
+    """An async engine for ``url``; SQLite gets WAL, a busy timeout, explicit BEGINs and
+    ``synchronous`` (FULL or NORMAL, see the README's Durability)."""
     parsed = make_url(url)
     kwargs: dict[str, Any] = {
         "pool_size": pool_size,
@@ -50,8 +59,10 @@ def make_engine(
     if backend == "sqlite":
         if driver != "aiosqlite":
             raise DatabaseURLError(f"use sqlite+aiosqlite:// for SQLite, not {parsed.drivername}")
+        if synchronous.upper() not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         engine = create_async_engine(parsed, connect_args={"timeout": busy_timeout}, **kwargs)
-        _sqlite_recipe(engine, busy_timeout)
+        _sqlite_recipe(engine, busy_timeout, synchronous.upper())
         return engine
     if backend == "postgresql":
         if driver != "asyncpg":
@@ -67,7 +78,7 @@ def make_engine(
     raise DatabaseURLError(f"unsupported database {parsed.drivername!r}: use SQLite or PostgreSQL")
 
 
-def _sqlite_recipe(engine: AsyncEngine, busy_timeout: float) -> None:
+def _sqlite_recipe(engine: AsyncEngine, busy_timeout: float, synchronous: str) -> None:
     # NOTE: SQLAlchemy's documented recipe for SQLite transactions: switch off the driver's own
     #   implicit BEGIN and emit ours, so that writers can use BEGIN IMMEDIATE.
     @event.listens_for(engine.sync_engine, "connect")
@@ -76,7 +87,9 @@ def _sqlite_recipe(engine: AsyncEngine, busy_timeout: float) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+        cursor.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

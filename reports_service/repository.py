@@ -516,6 +516,8 @@ class RepositorySettings(Protocol):
     @property
     def sqlite_busy_timeout(self) -> float: ...
     @property
+    def sqlite_synchronous(self) -> str: ...
+    @property
     def pool_size(self) -> int: ...
     @property
     def pool_timeout(self) -> float: ...
@@ -530,6 +532,7 @@ def repository_for(settings: RepositorySettings) -> ReportRepository:
         busy_timeout=settings.sqlite_busy_timeout,
         pool_size=settings.pool_size,
         pool_timeout=settings.pool_timeout,
+        synchronous=settings.sqlite_synchronous,
     )
     return ReportRepository(engine, retention=settings.changelog_retention)
 
