@@ -105,8 +105,4 @@ class WebSocketRoute(Generic[S]):
             # NOTE: logged here, in the service's format; the connection and its other
             #   requests go on (CancelledError is not an Exception: it still ends the task).
             logger.exception("failed to answer a message on %s", self.route)
-        await conn.send(self.failed(payload), kind)
-
-    def failed(self, payload: Payload) -> Any:
-        """The reply to a message whose answer failed unexpectedly."""
-        return internal_error(payload)
+        await conn.send(internal_error(payload), kind)
