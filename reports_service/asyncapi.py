@@ -245,6 +245,8 @@ subject's token |
 | `rate_limited` | too many messages: wait `retry_after` seconds |
 | `conflict` | `put` or `remove` with an `if_version` that is not the report's version \
 (0 for a `put`: the report exists): nothing was changed |
+| `internal` | the server failed to answer this request (a bug, logged by the server): \
+retrying the same request will likely fail again |
 
 A client that stops reading is dropped, without a close frame, once a message has waited
 `REPORTS_SEND_TIMEOUT` seconds to be sent to it.

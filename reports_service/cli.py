@@ -22,6 +22,7 @@ from .db import DatabaseURLError, sqlite_path
 from .errors import ServiceError, first_line
 from .jwt_keys import verifier_for
 from .migrate import head_revision, require_head, upgrade
+from .pipes import quiet_when_cut
 from .records import NewReport, TokenInfo, new_token, utcnow
 from .repository import ReportRepository, repository_for
 from .transport import quiet_late_driver_threads
@@ -40,6 +41,7 @@ class CommandError(Exception):
 SERVE_OPTIONS = ("host", "port", "workers")
 
 
+@quiet_when_cut
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     threading.excepthook = quiet_late_driver_threads
     parser = build_parser(prog)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from .pipes import quiet_when_cut
+
 DEFAULT_URL = "ws://127.0.0.1:8000"
 
 
@@ -49,16 +51,20 @@ async def talk(uri: str, prompt: str, token: str | None = None) -> int:
         reason = f" ({closed.rcvd.reason})" if closed.rcvd and closed.rcvd.reason else ""
         code = closed.rcvd.code if closed.rcvd else "none"
         print(f"connection closed by the server: {code}{reason}", file=sys.stderr)
+    except BrokenPipeError:
+        raise  # NOTE: our output was cut, not the connection (see pipes.quiet_when_cut)
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as error:
         print(f"cannot connect to {uri}: {error}", file=sys.stderr)
     return 1
 
 
+@quiet_when_cut
 def echo_main(argv: Sequence[str] | None = None) -> int:
     args = _parser("echo-client", "Talk to /echo.", with_token=False).parse_args(argv)
     return asyncio.run(talk(args.url.rstrip("/") + "/echo", "Enter a message (q to exit): "))
 
 
+@quiet_when_cut
 def reports_main(argv: Sequence[str] | None = None) -> int:
     parser = _parser("reports-client", "Ask /reports for reports by name.", with_token=True)
     args = parser.parse_args(argv)

@@ -326,7 +326,12 @@ def _list_operation(ref: dict[type[msgspec.Struct], dict[str, Any]]) -> dict[str
                 "name": "cursor",
                 "in": "query",
                 "description": "The `next` of an earlier page.",
-                "schema": {"type": "string"},
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 19,
+                    "pattern": "^[0-9]+$",
+                },
             },
             {
                 "name": "q",

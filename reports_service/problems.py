@@ -27,6 +27,7 @@ STATUS_OF: dict[ErrorCode, int] = {
     "conflict": 412,
     "rate_limited": 429,
     "unavailable": 503,
+    "internal": 500,
 }
 
 
@@ -92,7 +93,9 @@ async def last_resort(
     logger.error("unhandled error on %s %s", req.method, req.path, exc_info=error)
     if resp is not None:
         resp.status = 500
-        serialize(req, resp, problem(500, "the server failed to answer this request"))
+        serialize(
+            req, resp, problem(500, "the server failed to answer this request", code="internal")
+        )
     if ws is not None:  # NOTE: as Falcon would, without its own traceback
         with contextlib.suppress(Exception):  # NOTE: the peer may be gone already
             await ws.close(1011)

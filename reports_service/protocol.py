@@ -23,14 +23,27 @@ TEXT = WebSocketPayloadType.TEXT
 BINARY = WebSocketPayloadType.BINARY
 
 Payload = str | bytes
-RequestId = str | int | None
+MAX_ID_LENGTH = 200
+RequestId = (
+    Annotated[str, Meta(max_length=MAX_ID_LENGTH)]
+    | Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+    | None
+)
+"""A request's ``id``, echoed by its reply: a string of at most 200 characters, or a 64-bit
+integer."""
 Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME_LENGTH)]
 PageSize = Annotated[int, Meta(ge=1, le=100)]
 Version = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 """A changelog version; as ``if_version``, 0 stands for "no such report yet"."""
+Cursor = Annotated[str, Meta(min_length=1, max_length=19, pattern="^[0-9]+$")]
+"""The ``next`` of an earlier page: a version, in decimal digits."""
+Query = Annotated[str, Meta(min_length=1, max_length=200)]
+Names = Annotated[list[Name], Meta(max_length=1000)]
 
 REPORT_NOT_FOUND = {"error": "report not found"}
 UNAVAILABLE = {"error": "service unavailable, try again"}
+INTERNAL = "the server failed to answer this message (the failure is logged)"
+BAD_CURSOR = "cursor must be a `next` value from an earlier page"
 
 ErrorCode = Literal[
     "invalid_request",  # not a valid request of its type: the message says what is wrong
@@ -42,6 +55,7 @@ ErrorCode = Literal[
     "invalid_token",  # the token sent with ``auth`` does not authenticate
     "rate_limited",  # too many messages: wait `retry_after` seconds
     "conflict",  # ``if_version`` is not the report's version: nothing was changed
+    "internal",  # the server failed to answer this request (a bug, logged): not worth retrying
 ]
 
 # -- requests ------------------------------------------------------------------------------
@@ -63,28 +77,28 @@ class ListReports(Request, tag="list"):
     """Reports, most recently changed first, ``limit`` at a time; pass ``next`` as ``cursor``."""
 
     limit: PageSize = 20
-    cursor: str | None = None
+    cursor: Cursor | None = None
 
 
 class Search(Request, tag="search"):
     """Like ``list``, only reports whose title or content contains ``q`` (case-insensitive)."""
 
-    q: Annotated[str, Meta(min_length=1, max_length=200)]
+    q: Query
     limit: PageSize = 20
-    cursor: str | None = None
+    cursor: Cursor | None = None
 
 
 class Subscribe(Request, tag="subscribe"):
     """Push every change to ``names`` (all reports when absent) from now, or after ``since``."""
 
-    names: Annotated[list[Name], Meta(max_length=1000)] | None = None
+    names: Names | None = None
     since: Version | None = None
 
 
 class Unsubscribe(Request, tag="unsubscribe"):
     """Stop pushes for ``names``, or for everything when absent."""
 
-    names: Annotated[list[Name], Meta(max_length=1000)] | None = None
+    names: Names | None = None
 
 
 class Ping(Request, tag="ping"):
@@ -402,9 +416,16 @@ def to_request(value: dict[Any, Any]) -> AnyRequest:
         request: AnyRequest = msgspec.convert(value, AnyRequest)
         return request
     except msgspec.ValidationError as error:
-        raise RequestError("invalid_request", str(error)) from None
+        raise refused(error) from None
     except RecursionError:
         raise RequestError("invalid_request", "nested too deeply") from None
+
+
+def refused(error: msgspec.ValidationError) -> RequestError:
+    """The error reply to a request its definition refuses: ``bad_cursor`` for its cursor."""
+    if str(error).endswith("- at `$.cursor`"):
+        return RequestError("bad_cursor", BAD_CURSOR)
+    return RequestError("invalid_request", str(error))
 
 
 def request_id(payload: Payload) -> RequestId:
@@ -414,7 +435,11 @@ def request_id(payload: Payload) -> RequestId:
     except (msgspec.DecodeError, RecursionError, ProtocolError):
         return None
     found = value.get("id") if isinstance(value, dict) else None
-    return found if isinstance(found, str | int) and not isinstance(found, bool) else None
+    try:
+        rid: RequestId = msgspec.convert(found, RequestId)
+    except msgspec.ValidationError:  # NOTE: not one a reply may echo (a long one, an object)
+        return None
+    return rid
 
 
 # -- building replies ----------------------------------------------------------------------
@@ -458,6 +483,17 @@ def rate_limited(payload: Payload, retry_after: float) -> Any:
     if isinstance(message, Request):
         return error_reply(message.id, "rate_limited", "too many messages", round(retry_after, 3))
     return plain_rate_limited(retry_after)
+
+
+def internal_error(payload: Payload) -> Any:
+    """The reply to a message whose answer failed unexpectedly, in the shape it asked for."""
+    try:
+        message = decode(payload)
+    except Exception:  # NOTE: the failure may have been in decoding it
+        message = None
+    if isinstance(message, Request):
+        return error_reply(message.id, "internal", INTERNAL)
+    return {"error": INTERNAL}
 
 
 def plain_rate_limited(retry_after: float) -> dict[str, Any]:

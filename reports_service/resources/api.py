@@ -17,6 +17,7 @@ from ..protocol import (
     RequestError,
     Search,
     encode_text,
+    refused,
     report_out,
 )
 from ..records import Report
@@ -147,7 +148,7 @@ class ReportListResource:
         try:
             request = msgspec.convert(params, kind, strict=False)
         except msgspec.ValidationError as error:
-            raise problem(400, str(error), code="invalid_request") from None
+            raise from_request_error(refused(error)) from None
         try:
             reply = await self._service.page(request, _grant(req))
         except RequestError as error:
