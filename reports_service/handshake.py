@@ -26,6 +26,7 @@ from uvicorn.protocols.utils import get_remote_addr
 logger = logging.getLogger("reports_service.transport")
 
 SWEEP_EVERY = 1.0  # seconds; at most this often, the pending connections that closed are let go
+TELL_EVERY = 1.0  # seconds; at most this often, a line says how many were refused
 BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"retry-after: 5\r\ncontent-length: 38\r\nconnection: close\r\n\r\n"
@@ -49,6 +50,8 @@ class Pending:
         self._address: dict[Any, str] = {}
         self._per_address: Counter[str] = Counter()
         self._swept = 0.0
+        self._refused = 0  # NOTE: since the last line logged
+        self._told = 0.0
 
     def __len__(self) -> int:
         return len(self._address)
@@ -56,6 +59,7 @@ class Pending:
     def add(self, transport: Any, address: str, limits: Limits) -> bool:
         """Counts ``transport`` until :meth:`done`; False (not counted) over a cap."""
         if self._over(address, limits) and not (self._sweep() and not self._over(address, limits)):
+            self._tell_refused(address)
             return False
         self._address[transport] = address
         self._per_address[address] += 1
@@ -68,6 +72,17 @@ class Pending:
             self._per_address[address] -= 1
             if not self._per_address[address]:
                 del self._per_address[address]
+
+    def _tell_refused(self, address: str) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._told >= TELL_EVERY:
+            logger.info(
+                "refused %d connection(s) over the pending caps, the last of %s",
+                self._refused,
+                address,
+            )
+            self._told, self._refused = now, 0
 
     def _over(self, address: str, limits: Limits) -> bool:
         return len(self._address) >= limits.most or self._per_address[address] >= limits.per_address
@@ -102,9 +117,7 @@ class _HeadDeadline:
     def _made(self, transport: asyncio.Transport) -> bool:
         """False when ``transport`` is over a cap: it is answered 503 and closed."""
         client = get_remote_addr(transport)
-        address = client[0] if client else "-"
-        if not PENDING.add(transport, address, self._limits):
-            logger.info("refused a connection of %s: too many pending", address)
+        if not PENDING.add(transport, client[0] if client else "-", self._limits):
             transport.write(BUSY)
             transport.close()
             return False

@@ -4,6 +4,7 @@ server, clients that never send their token. Everyone else keeps being served.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -13,8 +14,12 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from reports_service.config import Settings
+from reports_service.repository import ReportRepository
+
 from .clients import call, connect
 from .conftest import TOKEN
+from .inprocess import uvicorn_in_process
 from .server import Server
 
 HALF_HEAD = b"GET /reports HTTP/1.1\r\nHost: x\r\n"  # and then nothing more
@@ -47,7 +52,7 @@ def read_to_eof(sock: socket.socket) -> bytes:
 
 def healthy(server: Server) -> bool:
     with urllib.request.urlopen(server.http + "/healthz", timeout=WAIT) as response:
-        return response.status == 200
+        return bool(response.status == 200)
 
 
 async def test_half_sent_heads_are_closed_within_the_timeout(
@@ -67,6 +72,27 @@ async def test_a_silent_connection_is_closed_within_the_timeout(
     server = make_server(handshake_timeout="1")
     with socket.create_connection(("127.0.0.1", server.port), WAIT) as sock:
         assert read_to_eof(sock) == b""
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+async def test_both_http_protocols_time_out_heads(
+    settings: Settings, seeded_repository: ReportRepository, http: str
+) -> None:
+    settings = dataclasses.replace(settings, handshake_timeout=0.5)
+    async with uvicorn_in_process(settings, http=http) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # NOTE: one whole request, then half of the next on the same (kept-alive) connection
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        length = int(head.lower().partition(b"content-length:")[2].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
+        assert await asyncio.wait_for(reader.read(), WAIT) == b""
+        writer.close()
+        async with websockets.connect(f"ws://127.0.0.1:{port}/reports") as ws:
+            await ws.send(TOKEN)
+            assert (await call(ws, {"id": 1, "type": "ping"}))["result"]["pong"] is True
 
 
 async def test_pending_over_the_cap_of_an_address_are_refused_at_once(
