@@ -27,10 +27,11 @@ logger = logging.getLogger("reports_service.transport")
 
 SWEEP_EVERY = 1.0  # seconds; at most this often, the pending connections that closed are let go
 TELL_EVERY = 1.0  # seconds; at most this often, a line says how many were refused
+BUSY_TEXT = b"too many connections not yet served\n"
 BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"retry-after: 5\r\ncontent-length: 38\r\nconnection: close\r\n\r\n"
-    b"too many connections not yet served\r\n"
+    b"retry-after: 5\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+    % (len(BUSY_TEXT), BUSY_TEXT)
 )
 
 
@@ -58,9 +59,11 @@ class Pending:
 
     def add(self, transport: Any, address: str, limits: Limits) -> bool:
         """Counts ``transport`` until :meth:`done`; False (not counted) over a cap."""
-        if self._over(address, limits) and not (self._sweep() and not self._over(address, limits)):
-            self._tell_refused(address)
-            return False
+        if self._over(address, limits):
+            self._sweep()
+            if self._over(address, limits):
+                self._tell_refused(address)
+                return False
         self._address[transport] = address
         self._per_address[address] += 1
         return True
@@ -87,16 +90,14 @@ class Pending:
     def _over(self, address: str, limits: Limits) -> bool:
         return len(self._address) >= limits.most or self._per_address[address] >= limits.per_address
 
-    def _sweep(self) -> bool:
+    def _sweep(self) -> None:
         # NOTE: a WebSocket that uvicorn refused itself (a bad Sec-WebSocket-Key) never reaches
         #   the app, which lets the others go: it is let go here once it closed.
         now = time.monotonic()
-        if now - self._swept < SWEEP_EVERY:
-            return False
-        self._swept = now
-        for transport in [t for t in self._address if t.is_closing()]:
-            self.done(transport)
-        return True
+        if now - self._swept >= SWEEP_EVERY:
+            self._swept = now
+            for transport in [t for t in self._address if t.is_closing()]:
+                self.done(transport)
 
 
 PENDING = Pending()  # NOTE: one per process: the protocol and the app both reach it
@@ -114,15 +115,14 @@ class _HeadDeadline:
     _limits: Limits
     _timer: asyncio.TimerHandle | None = None
 
-    def _made(self, transport: asyncio.Transport) -> bool:
-        """False when ``transport`` is over a cap: it is answered 503 and closed."""
+    def _made(self, transport: asyncio.Transport) -> None:
+        """Counts ``transport`` as pending; over a cap, it is answered 503 and closed."""
         client = get_remote_addr(transport)
-        if not PENDING.add(transport, client[0] if client else "-", self._limits):
+        if PENDING.add(transport, client[0] if client else "-", self._limits):
+            self._head_begins()
+        else:
             transport.write(BUSY)
             transport.close()
-            return False
-        self._head_begins()
-        return True
 
     def _head_begins(self) -> None:
         if self._timer is None:
