@@ -3,21 +3,25 @@
 A :class:`Grant` says who a connection is (``subject``), whether it may read and write, and
 which reports (``fnmatch`` patterns, matched case-sensitively). :class:`Authenticator` turns a
 token into a grant: a JWT-shaped token is verified as a JWT, anything else is looked up as a
-database token.
+database token. What the database answers is kept for a short while (:class:`Recent`), so a
+burst of logins does not need a pooled connection each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import functools
 import math
 import re
-from collections.abc import Awaitable, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal, Protocol
+from typing import Generic, Literal, Protocol, TypeVar
 
-from .records import TokenInfo
+from .records import TokenInfo, hash_token, utcnow
 
 EVERY_REPORT = ("*",)
 MAX_TOKEN_BYTES = 8192
@@ -181,12 +185,56 @@ class TokenStore(Protocol):
     def subject_revoked_at(self, subject: str) -> Awaitable[datetime | None]: ...
 
 
-class Authenticator:
-    """Turns a token into a :class:`Grant`, whichever kind it is."""
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
-    def __init__(self, store: TokenStore, verifier: Verifier | None) -> None:
+
+class Recent(Generic[K, V]):
+    """Answers of a lookup, each kept ``ttl`` seconds from when it was asked (0: not kept), at
+    most ``size`` of them; concurrent lookups of one key share one query."""
+
+    def __init__(self, ttl: float, *, size: int = 10_000, keep: Callable[[V], bool]) -> None:
+        self._ttl = ttl
+        self._size = size
+        self._keep = keep
+        self._kept: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._asking: dict[K, asyncio.Future[V]] = {}
+
+    async def get(self, key: K, ask: Callable[[], Awaitable[V]]) -> V:
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] > time.monotonic():
+            return kept[1]
+        asking = self._asking.get(key)
+        if asking is None:
+            asking = self._asking[key] = asyncio.ensure_future(ask())
+            asking.add_done_callback(functools.partial(self._answered, key, time.monotonic()))
+        # NOTE: shielded: one client that leaves must not cancel the others' answer.
+        return await asyncio.shield(asking)
+
+    def _answered(self, key: K, asked: float, answer: asyncio.Future[V]) -> None:
+        del self._asking[key]
+        if answer.cancelled() or answer.exception() is not None or self._ttl <= 0:
+            return
+        if self._keep(value := answer.result()):
+            self._kept[key] = (asked + self._ttl, value)
+            self._kept.move_to_end(key)
+            while len(self._kept) > self._size:
+                self._kept.popitem(last=False)
+
+
+class Authenticator:
+    """Turns a token into a :class:`Grant`, whichever kind it is.
+
+    A live database token and a subject's revocation are kept ``ttl`` seconds (the token
+    guard's interval: a revocation takes effect within it, as for open connections); an
+    unknown token is asked again every time, so a token created elsewhere works at once.
+    """
+
+    def __init__(self, store: TokenStore, verifier: Verifier | None, *, ttl: float = 0.0) -> None:
         self._store = store
         self._verifier = verifier
+        self._tokens: Recent[str, TokenInfo | None] = Recent(ttl, keep=_known)
+        self._revoked: Recent[str, datetime | None] = Recent(ttl, keep=_always)
 
     async def authenticate(self, token: str) -> Grant:
         """The token's grant. Raises InvalidToken, KeysUnavailable, or ServiceError (the
@@ -195,8 +243,8 @@ class Authenticator:
             raise InvalidToken(f"token longer than {MAX_TOKEN_BYTES} bytes")
         if looks_like_jwt(token):
             return await self._jwt(token)
-        info = await self._store.authenticate(token)
-        if info is None:
+        info = await self._tokens.get(hash_token(token), lambda: self._store.authenticate(token))
+        if info is None or (info.expires_at is not None and info.expires_at <= utcnow()):
             raise InvalidToken("unknown, revoked or expired token")
         return grant_of(info)
 
@@ -204,7 +252,16 @@ class Authenticator:
         if self._verifier is None:
             raise InvalidToken("a JWT, but no JWT keys are configured")
         grant = await self._verifier.verify(token)
-        revoked = await self._store.subject_revoked_at(grant.subject)
+        subject = grant.subject
+        revoked = await self._revoked.get(subject, lambda: self._store.subject_revoked_at(subject))
         if revoked is not None and (grant.issued_at is None or grant.issued_at < revoked):
             raise InvalidToken(f"subject {grant.subject!r} revoked")
         return grant
+
+
+def _known(info: TokenInfo | None) -> bool:
+    return info is not None
+
+
+def _always(_answer: object) -> bool:
+    return True

@@ -7,7 +7,7 @@ from typing import Any
 
 import falcon.asgi
 
-from . import problems, transport
+from . import handshake, problems, transport
 from .access import Authenticator
 from .config import Settings
 from .errors import ServiceError
@@ -37,13 +37,18 @@ PROTECTED_ROUTES = ("/reports", "/api/reports", "/api/reports/{name:path}", "/ap
 
 class App(falcon.asgi.App):  # type: ignore[type-arg]
     """Falcon's app, keeping each HTTP request's ``send`` and watching its ``receive`` for the
-    client's disconnect (see transport.abort_response and transport.watch_disconnect)."""
+    client's disconnect (see transport.abort_response and transport.watch_disconnect), and
+    ending each WebSocket's pending time (see handshake.py)."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:  # type: ignore[override]
         if scope["type"] == "http":
             transport.keep_send(scope, send)
             receive = transport.watch_disconnect(scope, receive)
-        await super().__call__(scope, receive, send)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if scope["type"] == "websocket":
+                handshake.done(send)  # NOTE: a connection refused or ended is not pending
 
 
 def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
@@ -61,7 +66,7 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
     guard = TokenGuard(repository, registry, interval=settings.token_recheck)
     throttle = FailureThrottle(limit=settings.auth_failures, window=settings.auth_failure_window)
     rates = TokenRates(settings.rate_limit, settings.rate_burst)
-    authenticator = Authenticator(repository, verifier_for(settings))
+    authenticator = Authenticator(repository, verifier_for(settings), ttl=settings.token_recheck)
 
     middleware: list[Any] = [
         LifecycleMiddleware(repository, feed, registry, guard, settings.masked_database_url()),
@@ -73,6 +78,7 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
             timeout=settings.auth_timeout,
             throttle=throttle,
             rates=rates,
+            full=registry.full,
         ),
     ]
     app: falcon.asgi.App[Any, Any] = App(middleware=middleware)

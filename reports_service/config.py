@@ -57,6 +57,17 @@ class Settings:
     auth_timeout: float = setting(
         10.0, "seconds a /reports client has to send its token before it is closed (1008)", POSITIVE
     )
+    handshake_timeout: float = setting(
+        5.0, "seconds a client has to send a request's head before it is closed", POSITIVE
+    )
+    max_pending: int = setting(
+        1000,
+        "connections one process holds before their handshake or token is done; more get 503",
+        AT_LEAST_ONE,
+    )
+    max_pending_per_address: int = setting(
+        100, "of those, connections from one client address; more get 503", AT_LEAST_ONE
+    )
     sqlite_busy_timeout: float = setting(
         5.0,
         "seconds a SQLite writer waits for another writer's lock before giving up",

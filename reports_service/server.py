@@ -11,6 +11,7 @@ import uvicorn
 
 from .config import Settings
 from .errors import ServiceError
+from .handshake import Limits, protocol_for
 from .logs import configure_logging
 from .transport import UVICORN_WS
 
@@ -34,7 +35,8 @@ def check_can_listen(host: str, port: int) -> None:
 
 
 def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """uvicorn.run() keyword arguments: small messages, no compression, pings, sansio protocol."""
+    """uvicorn.run() keyword arguments: small messages, no compression, pings, sansio protocol,
+    and an HTTP protocol with a deadline on request heads (see handshake.py)."""
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -56,6 +58,11 @@ def uvicorn_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "access_log": False,
     }
     options.update(overrides)
+    if not callable(options.get("http")):
+        limits = Limits(
+            settings.handshake_timeout, settings.max_pending, settings.max_pending_per_address
+        )
+        options["http"] = protocol_for(limits, options.get("http", "auto"))
     return options
 
 

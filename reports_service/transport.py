@@ -3,7 +3,8 @@
 It closes with a deadline and drops a connection whose peer stopped reading (`close`,
 `abort`), refuses a handshake with an HTTP status and headers (`deny`: a 401 with
 `WWW-Authenticate`), lets an accepted connection go of what only the handshake needed
-(`trim`), turns uvicorn's traceback for a client's invalid UTF-8 into one warning
+(`trim`), ends a connection's pending time (`handshake_done`, see handshake.py), turns
+uvicorn's traceback for a client's invalid UTF-8 into one warning
 (`CLIENT_FAULTS`) and keeps aiosqlite's late worker-thread errors quiet
 (`quiet_late_driver_threads`). None of this is
 public API of those libraries: `check()` looks at start-up whether it still holds and logs
@@ -25,6 +26,7 @@ from falcon import WebSocketDisconnected
 from falcon.asgi import Request, WebSocket
 from falcon.asgi.ws import _WebSocketState
 
+from . import handshake
 from .metrics import count_close
 
 logger = logging.getLogger("reports_service.transport")
@@ -40,6 +42,9 @@ DENIAL_OFF = "refused handshakes get Falcon's HTTP 403, not a 401 with WWW-Authe
 STREAM_ABORT_OFF = "slow readers of an event stream cannot be dropped with this uvicorn"
 EXIT_UNSEEN = "event streams are not ended when uvicorn stops: it waits its graceful timeout"
 LATE_THREADS_OFF = "a late error in aiosqlite's worker thread may print a traceback in the CLI"
+HEAD_DEADLINE_OFF = (
+    "half-sent request heads are not timed out, nor pending connections capped, with this uvicorn"
+)
 NOT_UVICORN = (
     "connections not served by uvicorn keep the server's handshake state, "
     "and stalled peers are left to the server's timeouts"
@@ -169,6 +174,25 @@ def _late_threads_hold() -> bool:
     return inspect.isfunction(target) and LATE_THREAD_NAME in _code_words(core.Connection)
 
 
+def _head_deadline_holds() -> bool:
+    from uvicorn.config import Config
+    from uvicorn.protocols.http import h11_impl, httptools_impl
+
+    h11_hooks = ("connection_made", "connection_lost", "data_received", "handle_websocket_upgrade")
+    httptools_hooks = (*h11_hooks[:3], "on_message_begin", "on_headers_complete", "_should_upgrade")
+    return (
+        "http_protocol_class" in _code_words(Config)
+        and all(inspect.isfunction(getattr(h11_impl.H11Protocol, h)) for h in h11_hooks)
+        and {"conn", "their_state"} <= _code_words(h11_impl.H11Protocol)
+        and all(
+            inspect.isfunction(getattr(httptools_impl.HttpToolsProtocol, h))
+            for h in httptools_hooks
+        )
+        and "should_upgrade" in _code_words(httptools_impl.HttpToolsProtocol)
+        and _uvicorn_send_is_bound()
+    )
+
+
 _PROBES: list[tuple[str, Callable[[], bool]]] = [
     (ABORT_OFF, _abort_holds),
     (HANDSHAKE_KEPT, _handshake_holds),
@@ -179,6 +203,7 @@ _PROBES: list[tuple[str, Callable[[], bool]]] = [
     (DENIAL_OFF, _denial_holds),
     (STREAM_ABORT_OFF, _stream_abort_holds),
     (EXIT_UNSEEN, _exit_seen_holds),
+    (HEAD_DEADLINE_OFF, _head_deadline_holds),
 ]
 
 
@@ -194,6 +219,12 @@ async def close(ws: WebSocket, code: int, reason: str, within: float) -> None:
         abort(ws)
     except WebSocketDisconnected:
         pass
+
+
+def handshake_done(ws: WebSocket) -> None:
+    """The connection of ``ws`` is past its handshake and authentication: no longer pending
+    (see handshake.py)."""
+    handshake.done(getattr(ws, "_asgi_send", None))
 
 
 def _uvicorn_protocol(ws: WebSocket) -> Any:

@@ -44,11 +44,11 @@ UNAVAILABLE = {"code": "unavailable", "message": "database unavailable, retry la
 PLAIN_UNAVAILABLE = {"error": "service unavailable, try again"}
 
 
-async def assert_refused(server: Server) -> None:
+async def assert_refused(server: Server, token: str = TOKEN) -> None:
     """A new client cannot authenticate: closed with 1013 (try again later)."""
     async with asyncio.timeout(10):
         ws = await websockets.connect(server.url + "/reports")
-        await ws.send(TOKEN)
+        await ws.send(token)
         with pytest.raises(ConnectionClosed) as closed:
             await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
@@ -123,6 +123,9 @@ async def test_postgres_stopped_mid_session(
         writer = await connect(server, WRITE_TOKEN)
         watcher, version = await subscribe(server)
         assert version == 4
+        # NOTE: a token that logged in within REPORTS_TOKEN_RECHECK is known without the
+        #   database; one never used before is not.
+        await seeded_repository.create_token(name="unseen", token="unseen-token-0123456789")
         try:
             put = await call(writer, {"id": 1, "type": "put", "name": "before", "title": "B"})
             assert put["result"]["name"] == "before"
@@ -147,7 +150,7 @@ async def test_postgres_stopped_mid_session(
             assert took < POOL_TIMEOUT, "a request waited for a connection to the database"
             assert await status(server, "/readyz") == 503
             assert await status(server, "/healthz") == 200
-            await assert_refused(server)
+            await assert_refused(server, "unseen-token-0123456789")
             for name in ("offline1", "offline2"):
                 code, err = await seed_add(db_env, name)
                 assert code == 0, err

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 from falcon import WebSocketDisconnected
@@ -12,7 +12,7 @@ from falcon.asgi import Request, Response, WebSocket
 from .. import transport
 from ..access import Authenticator, Grant, InvalidToken, KeysUnavailable
 from ..codes import Close
-from ..errors import ServiceError
+from ..errors import ServiceError, first_line
 from ..limits import FailureThrottle, TokenRates
 from ..logs import subject
 from ..metrics import AUTH_FAILURES, count_close
@@ -25,6 +25,7 @@ POLICY = Close.POLICY_VIOLATION
 BEARER = {"www-authenticate": "Bearer"}
 STREAMS = frozenset({"/api/changes"})  # routes that may take the token as ?access_token=
 INVALID_BEARER = {"www-authenticate": 'Bearer error="invalid_token"'}
+FULL = "server full: too many connections"
 
 
 class AuthMiddleware:
@@ -33,7 +34,8 @@ class AuthMiddleware:
 
     A bad header refuses the handshake (HTTP 401). Without one, the connection is accepted
     and its first message must be a live token (or an ``auth`` request), sent within
-    ``timeout`` seconds; otherwise it is closed with 1008 before the route runs.
+    ``timeout`` seconds; otherwise it is closed with 1008 before the route runs. When
+    ``full()``, a WebSocket is refused (HTTP 503, or 1013) before its token is looked at.
     """
 
     def __init__(
@@ -44,12 +46,14 @@ class AuthMiddleware:
         timeout: float,
         throttle: FailureThrottle,
         rates: TokenRates | None = None,
+        full: Callable[[], bool] | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._protected = frozenset(protected)
         self._timeout = timeout
         self._throttle = throttle
         self._rates = rates
+        self._full = full
 
     async def process_resource(
         self, req: Request, resp: Response, resource: object, params: dict[str, Any]
@@ -84,7 +88,7 @@ class AuthMiddleware:
             AUTH_FAILURES.labels("invalid_token").inc()
             raise _unauthorized("invalid token", INVALID_BEARER) from None
         except (KeysUnavailable, ServiceError) as error:
-            logger.warning("login not checked for %s: %s", address, error)
+            logger.warning("login not checked for %s: %s", address, first_line(error))
             AUTH_FAILURES.labels("unavailable").inc()
             raise problem(
                 503,
@@ -108,19 +112,26 @@ class AuthMiddleware:
         # NOTE: this runs after routing, so a path with no route is refused by Falcon before
         #   anything is accepted (the tutorial accepted every path first).
         if req.uri_template not in self._protected:
+            transport.handshake_done(ws)
             return
         header = req.get_header("Authorization")
+        full = self._full is not None and self._full()
         if header is not None:
+            if full:
+                await self._deny(req, ws, 503, {"retry-after": "5"}, FULL, "full")
             await self._at_handshake(req, ws, header)
             return
         await ws.accept()
+        if full:
+            await self._reject(ws, req, Close.TRY_AGAIN_LATER, FULL, "full")
         address = req.remote_addr or "-"
         if self._throttle.blocked_for(address):
             await self._reject(ws, req, POLICY, "too many failed logins", "throttled")
         try:
             first = await asyncio.wait_for(ws.receive_media(), self._timeout)
         except TimeoutError:
-            self._throttle.failed(address)
+            # NOTE: not a failed login: another client at the same address (one office behind
+            #   one NAT) must not be locked out by one that never sends its token.
             await self._reject(ws, req, POLICY, "authentication timed out", "timeout")
         assert isinstance(first, str | bytes)
         token, request = first_message(first)
@@ -133,10 +144,11 @@ class AuthMiddleware:
             logger.info("login refused for %s: %s", address, error)
             await self._reject(ws, req, POLICY, "invalid token", "invalid_token")
         except (KeysUnavailable, ServiceError) as error:
-            logger.warning("login not checked for %s: %s", address, error)
+            logger.warning("login not checked for %s: %s", address, first_line(error))
             reason = "service unavailable"
             await self._reject(ws, req, Close.TRY_AGAIN_LATER, reason, "unavailable")
         self._admit(req, grant)
+        transport.handshake_done(ws)
         req.context.binary = isinstance(first, bytes)
         if request is not None:
             await ws.send_media(AuthReply(request.id, identity(grant)), payload_type(first))
@@ -156,10 +168,11 @@ class AuthMiddleware:
             logger.info("login refused for %s: %s", address, error)
             await self._deny(req, ws, 401, INVALID_BEARER, "invalid token", "invalid_token")
         except (KeysUnavailable, ServiceError) as error:
-            logger.warning("login not checked for %s: %s", address, error)
+            logger.warning("login not checked for %s: %s", address, first_line(error))
             retry = {"retry-after": "5"}
             await self._deny(req, ws, 503, retry, "service unavailable", "unavailable")
         self._admit(req, grant)
+        transport.handshake_done(ws)
         await ws.accept()
 
     @staticmethod
