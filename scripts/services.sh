@@ -60,3 +60,52 @@ ensure_chromium() {
         return 1
     fi
 }
+
+# The Autobahn|Testsuite run (tests/test_autobahn.py) needs `wstest`, which runs only on Python
+# 2.7: installed with that Python's own pip into .venv-autobahn/ (ignored by git), exactly the
+# hashed pins of requirements/autobahn-py27*.txt. Nothing is done when those files have not
+# changed since the last install; without a Python 2.7 the test is skipped.
+autobahn_dir=.venv-autobahn
+
+python27() {
+    local candidate
+    for candidate in ${PYTHON27:-} /root/.pyenv/versions/2.7.18/bin/python python2.7 python2; do
+        if "$candidate" -c 'import sys; assert sys.version_info[:2] == (2, 7)' 2>/dev/null; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+ensure_autobahn() {
+    local python stamp log
+    if ! python=$(python27); then
+        echo "scripts/test: no Python 2.7, the Autobahn|Testsuite run will be skipped" >&2
+        return 0
+    fi
+    stamp=$({ echo "$python $PWD"; cat requirements/autobahn-py27*.txt; } | sha256sum | cut -d" " -f1)
+    [ "$(cat "$autobahn_dir/installed" 2>/dev/null)" = "$stamp" ] && return 0
+    echo "scripts/test: installing Autobahn|Testsuite (Python 2.7) into $autobahn_dir" >&2
+    rm -rf "$autobahn_dir" && mkdir -p "$autobahn_dir/bin"
+    log="$autobahn_dir/install.log"
+    local pip=("$python" -m pip install --disable-pip-version-check --no-warn-script-location
+        --require-hashes)
+    # NOTE: --target, not a virtualenv: Python 2.7's own pip needs nothing more. The build tools
+    #   go on PYTHONPATH as an absolute path, since pip builds each sdist in its own directory.
+    if ! { "${pip[@]}" --target "$autobahn_dir/build" -r requirements/autobahn-py27-build.txt &&
+        PYTHONPATH="$PWD/$autobahn_dir/build" "${pip[@]}" --no-build-isolation \
+            --target "$autobahn_dir/lib" -r requirements/autobahn-py27.txt; } >"$log" 2>&1; then
+        grep -v -e '^WARNING: ' -e '^DEPRECATION: ' "$log" | tail -n 20 >&2
+        echo "scripts/test: installing Autobahn|Testsuite failed (all of it in $log)" >&2
+        return 1
+    fi
+    # NOTE: addsitedir, not PYTHONPATH: zope.interface is a namespace package set up by a .pth.
+    cat >"$autobahn_dir/bin/wstest" <<SH
+#!/bin/sh
+exec "$python" -c 'import site, sys; site.addsitedir(sys.argv.pop(1)); from autobahntestsuite.wstest import run; run()' "$PWD/$autobahn_dir/lib" "\$@"
+SH
+    chmod +x "$autobahn_dir/bin/wstest"
+    "$autobahn_dir/bin/wstest" -a >/dev/null || return 1
+    echo "$stamp" >"$autobahn_dir/installed"
+}
