@@ -82,13 +82,14 @@ _REPORT = ReportOut("report1", "Report 1", "This is the content of report 1", _W
 _CHANGED = ReportOut("report1", "Report 1", "Changed", _WHEN, _WHEN, 5)
 _EXPIRES = datetime(2025, 1, 1, 12, 15, tzinfo=UTC)
 _JWT = "eyJhbGciOiJFUzI1NiIsImtpZCI6ImtleS0xIn0.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+_EPOCH = "6f1c2a9e0b7d4c3f8e5a1b2c3d4e5f60"
 
 # One example of each message, as the Struct the server sends or decodes.
 EXAMPLES: dict[type[msgspec.Struct], list[msgspec.Struct]] = {
     Get: [Get(id=1, name="report1")],
     ListReports: [ListReports(id=2, limit=2), ListReports(id=3, limit=2, cursor="3")],
     Search: [Search(id=4, q="content")],
-    Subscribe: [Subscribe(id=5, names=["report1"]), Subscribe(id=6, since=4)],
+    Subscribe: [Subscribe(id=5, names=["report1"]), Subscribe(id=6, since=4, epoch=_EPOCH)],
     Unsubscribe: [Unsubscribe(id=7)],
     Ping: [Ping(id=8)],
     Put: [
@@ -105,8 +106,8 @@ EXAMPLES: dict[type[msgspec.Struct], list[msgspec.Struct]] = {
     RemoveReply: [RemoveReply(11, Removed("report1", 6))],
     GetReply: [GetReply(1, _REPORT)],
     PageReply: [PageReply(2, Page([_REPORT], "3"))],
-    SubscriptionReply: [SubscriptionReply(5, Subscription(["report1"], 4))],
-    PongReply: [PongReply(8, Pong(True, 4))],
+    SubscriptionReply: [SubscriptionReply(5, Subscription(["report1"], 4, _EPOCH))],
+    PongReply: [PongReply(8, Pong(True, 4, _EPOCH))],
     ErrorReply: [
         ErrorReply(9, ErrorBody("not_found", "no report named 'report9'")),
         ErrorReply(None, ErrorBody("invalid_request", "Object missing required field `name`")),

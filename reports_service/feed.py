@@ -72,6 +72,7 @@ class ChangeFeed:
         self._cache_budget = cache_bytes
         self._cache_bytes = 0  # NOTE: an estimate (ENTRY_OVERHEAD + characters), kept exact
         self.version: int | None = None
+        self.epoch = ""  # NOTE: the database's (see models.DatabaseEpoch), read with version
 
     def add(self, subscriber: Subscriber) -> None:
         self._subscribers.add(subscriber)
@@ -213,7 +214,7 @@ class ChangeFeed:
 
     async def _read_changes(self) -> None:
         if self.version is None:
-            self.version = (await self._repository.changelog_bounds())[1]
+            _, self.version, self.epoch = await self._repository.changelog_bounds()
             self._cache.clear()
             self._cache_bytes = 0
         while True:

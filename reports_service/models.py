@@ -110,3 +110,16 @@ class ReportChange(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DatabaseEpoch(Base):
+    """One row: a random id made once per database by migration 0005.
+
+    Versions say where a client is in one database's changelog; the epoch says which database.
+    A database restored from a backup or replaced by a fresh one has another epoch, so a
+    resume from a version of the old one gets ``resync`` instead of skipping or repeating.
+    """
+
+    __tablename__ = "database_epoch"
+
+    epoch: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -37,6 +37,8 @@ Version = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 """A changelog version; as ``if_version``, 0 stands for "no such report yet"."""
 Cursor = Annotated[str, Meta(min_length=1, max_length=19, pattern="^[0-9]+$")]
 """The ``next`` of an earlier page: a version, in decimal digits."""
+Epoch = Annotated[str, Meta(min_length=1, max_length=64)]
+"""The database's epoch, from a subscription reply or a pong (see ``Subscribe.epoch``)."""
 Query = Annotated[str, Meta(min_length=1, max_length=200)]
 Names = Annotated[list[Name], Meta(max_length=1000)]
 
@@ -89,10 +91,16 @@ class Search(Request, tag="search"):
 
 
 class Subscribe(Request, tag="subscribe"):
-    """Push every change to ``names`` (all reports when absent) from now, or after ``since``."""
+    """Push every change to ``names`` (all reports when absent) from now, or after ``since``.
+
+    A resume sends the ``epoch`` its ``since`` came from: when the database now has another
+    epoch (restored from a backup, or replaced), the reply is followed by ``resync``, whatever
+    ``since`` is.
+    """
 
     names: Names | None = None
     since: Version | None = None
+    epoch: Epoch | None = None
 
 
 class Unsubscribe(Request, tag="unsubscribe"):
@@ -185,17 +193,20 @@ class Page(Struct):
 
 
 class Subscription(Struct):
-    """The names now subscribed to (null: every report) and the version pushes follow."""
+    """The names now subscribed to (null: every report), the version pushes follow, and the
+    epoch of the database that version belongs to."""
 
     names: list[str] | None
     version: int
+    epoch: str
 
 
 class Pong(Struct):
-    """The latest changelog version this server has seen."""
+    """The latest changelog version this server has seen, and its database's epoch."""
 
     pong: bool
     version: int
+    epoch: str
 
 
 class Identity(Struct):

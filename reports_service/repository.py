@@ -37,7 +37,7 @@ from .errors import (
     ServiceError,
     VersionConflict,
 )
-from .models import ApiToken, Report, ReportChange, RevokedSubject, UTCDateTime
+from .models import ApiToken, DatabaseEpoch, Report, ReportChange, RevokedSubject, UTCDateTime
 from .point_reader import SQLitePointReader
 from .records import MAX_SUBJECT_LENGTH, Change, NewReport, TokenInfo, hash_token, utcnow
 from .records import Report as ReportRecord
@@ -50,6 +50,7 @@ reports = cast(Table, Report.__table__)
 tokens = cast(Table, ApiToken.__table__)
 changelog = cast(Table, ReportChange.__table__)
 revoked_subjects = cast(Table, RevokedSubject.__table__)
+epochs = cast(Table, DatabaseEpoch.__table__)
 
 _REPORT_COLUMNS = (
     reports.c.name,
@@ -345,15 +346,17 @@ class ReportRepository:
     # -- changelog -------------------------------------------------------------------------
 
     @_translate_errors
-    async def changelog_bounds(self) -> tuple[int, int]:
-        """(oldest, latest) version kept in the changelog; (0, 0) when it is empty."""
+    async def changelog_bounds(self) -> tuple[int, int, str]:
+        """(oldest, latest) version kept in the changelog ((0, 0) when it is empty) and the
+        database's epoch, read together."""
         stmt = select(
             func.coalesce(func.min(changelog.c.version), 0),
             func.coalesce(func.max(changelog.c.version), 0),
+            select(epochs.c.epoch).limit(1).scalar_subquery(),
         )
         async with self.engine.connect() as conn:
-            oldest, latest = (await conn.execute(stmt)).one()
-        return int(oldest), int(latest)
+            oldest, latest, epoch = (await conn.execute(stmt)).one()
+        return int(oldest), int(latest), epoch or ""
 
     @_translate_errors
     async def changes_since(

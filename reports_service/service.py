@@ -80,7 +80,7 @@ class ReportService:
         return PageReply(request.id, Page([report_out(r) for r in found], cursor))
 
     def ping(self, request: Ping) -> PongReply:
-        return PongReply(request.id, Pong(True, self.version or 0))
+        return PongReply(request.id, Pong(True, self.version or 0, self.epoch))
 
     async def put(self, request: Put, grant: Grant) -> GetReply:
         stored, _ = await self.write(
@@ -140,8 +140,14 @@ class ReportService:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._feed.discard(subscriber)
 
-    async def bounds(self) -> tuple[int, int]:
-        """(oldest, latest) version a subscription may resume from; (0, 0) when none."""
+    @property
+    def epoch(self) -> str:
+        """The epoch of the database the feed last read ("" before its first read)."""
+        return self._feed.epoch
+
+    async def bounds(self) -> tuple[int, int, str]:
+        """(oldest, latest) version a subscription may resume from ((0, 0) when none), and
+        the database's epoch now."""
         return await self._repository.changelog_bounds()
 
     async def replay(

@@ -197,8 +197,12 @@ class ReportsSession:
         # NOTE: registered first, then read: a change committed meanwhile is both held and
         #   replayed, and the version check in deliver() drops the second copy.
         try:
-            oldest, latest = await self._service.bounds()
-            resync = request.since > latest or request.since < oldest - 1
+            oldest, latest, epoch = await self._service.bounds()
+            resync = (
+                request.since > latest
+                or request.since < oldest - 1
+                or (request.epoch is not None and request.epoch != epoch)
+            )
             replay = [] if resync else await self._replay(request.since, latest)
         except BaseException:
             self._stop_subscription()
@@ -221,7 +225,8 @@ class ReportsSession:
 
     def _reply_subscription(self, rid: Any, binary: bool) -> None:
         names = None if self._names is None else sorted(self._names)
-        self._push(SubscriptionReply(rid, Subscription(names, self._delivered)), binary)
+        subscription = Subscription(names, self._delivered, self._service.epoch)
+        self._push(SubscriptionReply(rid, subscription), binary)
 
     def _unsubscribe(self, request: Unsubscribe, binary: bool) -> None:
         if request.names is None or not self._subscribed:
@@ -237,7 +242,8 @@ class ReportsSession:
         if self._subscribed:
             self._reply_subscription(request.id, binary)
         else:
-            reply = SubscriptionReply(request.id, Subscription([], self._service.version or 0))
+            stopped = Subscription([], self._service.version or 0, self._service.epoch)
+            reply = SubscriptionReply(request.id, stopped)
             self._push(reply, binary)
 
     def _stop_subscription(self) -> None:

@@ -78,6 +78,7 @@ from .jwts import SECRET, JWKSServer, b64, ec_key, ed25519_key, public_jwk, rsa_
 from .rawws import INVALID_DATA, RawWebSocket, raw_connection, read_response_head, request_bytes
 from .rawws import TEXT as TEXT_OPCODE
 from .server import Server
+from .wire import EPOCH
 
 T = TypeVar("T")
 
@@ -1050,7 +1051,7 @@ async def test_resume_with_as_many_changes_as_the_queue_holds(
         closed_with = ws.close_code
     latest = len(TUTORIAL) + queue
     assert closed_with is None
-    assert received[0] == {"id": 1, "result": {"names": None, "version": latest}}
+    assert received[0] == {"id": 1, "result": {"names": None, "version": latest, "epoch": EPOCH}}
     assert [event["version"] for event in received[1:]] == list(
         range(len(TUTORIAL) + 1, latest + 1)
     )

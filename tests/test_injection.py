@@ -28,7 +28,7 @@ from reports_service.watch import PostgresWatcher
 
 from .conftest import TOKEN, TUTORIAL, WRITE_TOKEN
 from .waiting import eventually
-from .wire import Wire
+from .wire import EPOCH, Wire
 
 TUTORIAL_NAMES = [r.name for r in TUTORIAL]
 
@@ -349,9 +349,11 @@ async def test_nul_in_subscribe_names_is_not_a_database_error(
         await ws.send_text(TOKEN)
         wire = Wire(ws, binary=False)  # NOTE: JSON: subscription replies come as text anyway
         reply = await wire.call({"id": 1, "type": "subscribe", "names": ["a\x00b"], "since": 0})
-        assert reply.get("result") == {"names": ["a\x00b"], "version": len(TUTORIAL)} or (
-            reply["error"]["code"] == "invalid_request"
-        ), reply
+        assert reply.get("result") == {
+            "names": ["a\x00b"],
+            "version": len(TUTORIAL),
+            "epoch": EPOCH,
+        } or (reply["error"]["code"] == "invalid_request"), reply
 
 
 LONE_SURROGATES = [

@@ -7,13 +7,14 @@ from typing import Any
 
 import pytest
 from falcon.testing import ASGIConductor
+from sqlalchemy import text
 
 from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
 from .conftest import TOKEN, WRITE_TOKEN
 from .waiting import eventually
-from .wire import Wire
+from .wire import EPOCH, Wire
 
 
 @pytest.fixture(params=["json", "msgpack"])
@@ -79,13 +80,13 @@ async def test_search_title_and_content(wire: Wire, seeded_repository: ReportRep
 async def test_ping(wire: Wire) -> None:
     assert await wire.call({"id": 7, "type": "ping"}) == {
         "id": 7,
-        "result": {"pong": True, "version": 4},
+        "result": {"pong": True, "version": 4, "epoch": EPOCH},
     }
 
 
 async def test_subscribe_pushes_changes(wire: Wire, seeded_repository: ReportRepository) -> None:
     reply = await wire.call({"id": 8, "type": "subscribe"})
-    assert reply == {"id": 8, "result": {"names": None, "version": 4}}
+    assert reply == {"id": 8, "result": {"names": None, "version": 4, "epoch": EPOCH}}
     await seeded_repository.add_reports([NewReport("live", "Live", "1")])
     added = await wire.recv()
     assert added["type"] == "report.added"
@@ -119,7 +120,7 @@ async def test_subscribe_to_names_only(wire: Wire, seeded_repository: ReportRepo
 async def test_unsubscribe_stops_pushes(wire: Wire, seeded_repository: ReportRepository) -> None:
     await wire.call({"id": 1, "type": "subscribe"})
     reply = await wire.call({"id": 2, "type": "unsubscribe"})
-    assert reply == {"id": 2, "result": {"names": [], "version": 4}}
+    assert reply == {"id": 2, "result": {"names": [], "version": 4, "epoch": EPOCH}}
     await seeded_repository.add_reports([NewReport("quiet", "Q", "")])
 
     async def feed_has_read() -> bool:
@@ -237,3 +238,45 @@ async def test_put_and_remove(writer: Wire, seeded_repository: ReportRepository)
     bad = await writer.call({"id": 5, "type": "put", "name": " w", "title": "x"})
     assert bad["error"]["code"] == "invalid_request"
     assert "leading or trailing spaces" in bad["error"]["message"]
+
+
+async def _epoch(repository: ReportRepository) -> str:
+    async with repository.engine.connect() as conn:
+        return str((await conn.execute(text("SELECT epoch FROM database_epoch"))).scalar_one())
+
+
+async def test_ping_and_subscription_carry_the_databases_epoch(
+    wire: Wire, seeded_repository: ReportRepository
+) -> None:
+    epoch = await _epoch(seeded_repository)
+    assert epoch == EPOCH
+    assert (await wire.call({"id": 1, "type": "ping"}))["result"]["epoch"] == epoch
+    assert (await wire.call({"id": 2, "type": "subscribe"}))["result"]["epoch"] == epoch
+
+
+async def test_resume_with_the_same_epoch_replays(
+    wire: Wire, seeded_repository: ReportRepository
+) -> None:
+    epoch = await _epoch(seeded_repository)
+    await seeded_repository.add_reports([NewReport("r5", "Five", "")])
+    reply = await wire.call({"id": 1, "type": "subscribe", "since": 4, "epoch": epoch})
+    assert reply["result"] == {"names": None, "version": 5, "epoch": epoch}
+    assert [(e["type"], e["version"]) for e in [await wire.recv()]] == [("report.added", 5)]
+
+
+async def test_resume_from_another_databases_epoch_resyncs(
+    wire: Wire, seeded_repository: ReportRepository
+) -> None:
+    """Versions 1..4 exist here too, but they are not the ones the client saw: no replay."""
+    epoch = await _epoch(seeded_repository)
+    reply = await wire.call({"id": 1, "type": "subscribe", "since": 2, "epoch": "f" * 32})
+    assert reply["result"] == {"names": None, "version": 4, "epoch": epoch}
+    assert await wire.recv() == {"type": "resync", "version": 4}
+    await seeded_repository.add_reports([NewReport("r5", "Five", "")])
+    assert (await wire.recv())["version"] == 5
+
+
+@pytest.mark.parametrize("epoch", ["", "e" * 65, 5])
+async def test_a_malformed_epoch_is_refused(wire: Wire, epoch: object) -> None:
+    reply = await wire.call({"id": 1, "type": "subscribe", "since": 2, "epoch": epoch})
+    assert reply["error"]["code"] == "invalid_request" and "epoch" in reply["error"]["message"]

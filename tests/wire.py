@@ -10,6 +10,18 @@ import msgpack
 from falcon.testing import ASGIWebSocketSimulator
 
 
+class Epoch(str):
+    """Equal to any database epoch: 32 lowercase hex digits (see test_epoch for its value)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and len(other) == 32 and set(other) <= set("0123456789abcdef")
+
+    __hash__ = str.__hash__
+
+
+EPOCH = Epoch("<epoch>")
+
+
 class Wire:
     """Typed requests over an ASGIConductor WebSocket, in the format under test."""
 

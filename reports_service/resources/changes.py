@@ -127,7 +127,7 @@ class ChangeStream(Member):
         if since is None:
             return []
         try:
-            oldest, latest = await service.bounds()
+            oldest, latest, _ = await service.bounds()
             first: list[SSEvent] = []
             if since > latest or since < oldest - 1:
                 first.append(_resync(latest))
