@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import difflib
 import json
 import re
 import typing
@@ -30,6 +29,7 @@ from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
 from .conftest import TOKEN, WRITE_TOKEN
+from .drift import assert_current
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENT = ROOT / "docs" / "asyncapi.json"
@@ -175,17 +175,7 @@ def spec() -> Spec:
 
 
 def test_docs_copy_is_current() -> None:
-    expected = render()
-    current = DOCUMENT.read_text(encoding="utf-8") if DOCUMENT.exists() else ""
-    if current != expected:
-        diff = difflib.unified_diff(
-            current.splitlines(), expected.splitlines(), "docs/asyncapi.json", "build_document()"
-        )
-        shown = "\n".join(list(diff)[:60])
-        pytest.fail(
-            f"docs/asyncapi.json is not what build_document() makes: regenerate it with\n"
-            f"    {REGENERATE}\n{shown}"
-        )
+    assert_current(DOCUMENT, render(), REGENERATE)
 
 
 # -- (b) served by the app ------------------------------------------------------------------

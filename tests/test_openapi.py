@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import typing
 from pathlib import Path
@@ -21,6 +20,7 @@ from reports_service import __version__, protocol
 from reports_service.openapi import SCHEMAS, STRUCTS, build_document, render
 
 from .conftest import TOKEN, WRITE_TOKEN
+from .drift import assert_current
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENT = ROOT / "docs" / "openapi.json"
@@ -92,17 +92,7 @@ def spec() -> Spec:
 
 
 def test_docs_copy_is_current() -> None:
-    expected = render()
-    current = DOCUMENT.read_text(encoding="utf-8") if DOCUMENT.exists() else ""
-    if current != expected:
-        diff = difflib.unified_diff(
-            current.splitlines(), expected.splitlines(), "docs/openapi.json", "build_document()"
-        )
-        shown = "\n".join(list(diff)[:60])
-        pytest.fail(
-            f"docs/openapi.json is not what build_document() makes: regenerate it with\n"
-            f"    {REGENERATE}\n{shown}"
-        )
+    assert_current(DOCUMENT, render(), REGENERATE)
 
 
 async def test_served_at_openapi_json(conductor: ASGIConductor, spec: Spec) -> None:
