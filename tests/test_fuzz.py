@@ -90,13 +90,13 @@ REPORT_NAMES = [r.name for r in TUTORIAL]
 
 # the `result` of each successful reply, by its keys
 REPORT_KEYS = frozenset({"name", "title", "content", "created_at", "updated_at", "version"})
-SUBSCRIPTION_KEYS = frozenset({"names", "version"})
+SUBSCRIPTION_KEYS = frozenset({"names", "version", "epoch"})
 RESULT_SHAPES = frozenset(
     {
         REPORT_KEYS,  # get, put
         frozenset({"reports", "next"}),  # list, search
         SUBSCRIPTION_KEYS,  # subscribe, unsubscribe
-        frozenset({"pong", "version"}),  # ping
+        frozenset({"pong", "version", "epoch"}),  # ping
         frozenset({"name", "version"}),  # remove
         frozenset({"subject", "expires_at", "read", "write", "reports"}),  # auth
     }
