@@ -21,7 +21,7 @@ import contextlib
 import itertools
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -380,7 +380,7 @@ class ReportsClient:
 
     async def changes(
         self, names: Sequence[str] | None = None, since: int | None = None
-    ) -> AsyncIterator[ReportEvent | Resync]:
+    ) -> AsyncGenerator[ReportEvent | Resync, None]:
         """Every change (to ``names``, or all) after ``since`` (None: from now), once each, in
         version order, across reconnects; ``Resync`` when missed changes cannot be replayed.
 
