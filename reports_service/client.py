@@ -55,7 +55,6 @@ from .protocol import (
 )
 
 TokenProvider = Callable[[], Awaitable[str]]
-Retry = Literal["always", "conditional", "never"]
 
 
 @dataclass(frozen=True)
@@ -172,16 +171,21 @@ class _Feed:
         self.error: BaseException | None = None
         self._changed = asyncio.Event()
 
-    async def put(self, item: ReportEvent | Resync) -> None:
+    async def put(self, item: ReportEvent | Resync, awaited: Callable[[], bool]) -> None:
+        """Keep ``item``, first waiting for room unless a reply is ``awaited``."""
         # NOTE: waiting here stops reading the connection: a consumer too slow for the server
-        #   gets 4001, and the client resumes, rather than buffering without bound.
-        while len(self.items) >= self.size and self.error is None:
+        #   gets 4001, and the client resumes, rather than buffering without bound. But not
+        #   while a request waits for its reply: the consumer may be the one waiting.
+        while len(self.items) >= self.size and self.error is None and not awaited():
             self._changed.clear()
             await self._changed.wait()
         self.push(item)
 
     def push(self, item: ReportEvent | Resync) -> None:
         self.items.append(item)
+        self._changed.set()
+
+    def wake(self) -> None:
         self._changed.set()
 
     def fail(self, error: BaseException) -> None:
@@ -274,8 +278,10 @@ class ReportsClient:
                 await self._runner
         for task in list(self._tasks):
             task.cancel()
+        stopped = self._fatal is not None  # NOTE: _run said "closed" already
         self._stop(ClientError("the client is closed"), _Ended())
-        self._status(Status("closed"))
+        if not stopped:
+            self._status(Status("closed"))
 
     # -- requests --------------------------------------------------------------------------
 
@@ -300,20 +306,19 @@ class ReportsClient:
         self, name: str, title: str, content: str = "", *, if_version: int | None = None
     ) -> ReportOut:
         request = Put(name=name, title=title, content=content, if_version=if_version)
-        retry: Retry = "always" if if_version is None else "conditional"
-        return msgspec.convert(await self._call(request, retry), ReportOut)
+        return msgspec.convert(await self._call(request), ReportOut)
 
     async def remove(self, name: str, *, if_version: int | None = None) -> Removed:
-        retry: Retry = "never" if if_version is None else "conditional"
-        return msgspec.convert(
-            await self._call(Remove(name=name, if_version=if_version), retry), Removed
-        )
+        # NOTE: an unconditional remove sent twice could remove a report made meanwhile.
+        request = Remove(name=name, if_version=if_version)
+        return msgspec.convert(await self._call(request, if_version is not None), Removed)
 
     async def ping(self) -> Pong:
         return msgspec.convert(await self._call(Ping()), Pong)
 
-    async def _call(self, request: Request, retry: Retry = "always") -> Any:
-        """The result of ``request``, sent again after a drop where that is safe."""
+    async def _call(self, request: Request, resend: bool = True) -> Any:
+        """The result of ``request``, sent again after a drop if ``resend`` (or if it was not
+        sent at all)."""
         deadline = asyncio.get_running_loop().time() + self._timeout
         retried = False
         while True:
@@ -324,7 +329,7 @@ class ReportsClient:
             except TimeoutError:
                 raise Unavailable(f"no reply within {self._timeout} s") from None
             except _Dropped as dropped:
-                if dropped.sent and retry == "never":
+                if dropped.sent and not resend:
                     raise ConnectionLost(
                         "the connection dropped before the reply: the remove may or may not "
                         "have happened (not sent again)"
@@ -363,6 +368,8 @@ class ReportsClient:
         request.id = rid = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (future, ws, hook)
+        if self._feed is not None:
+            self._feed.wake()  # NOTE: a reader waiting for room reads on (see _Feed.put)
         try:
             try:
                 await ws.send(encode_binary(request) if self._binary else encode_text(request))
@@ -530,7 +537,7 @@ class ReportsClient:
             async for data in ws:
                 feed, item = self._route(ws, data)
                 if feed is not None and item is not None:
-                    await feed.put(item)
+                    await feed.put(item, lambda: bool(self._pending))
         except ConnectionClosed:
             pass
         finally:

@@ -182,13 +182,15 @@ async def test_an_unconditional_remove_whose_reply_is_lost_is_not_sent_again(
         try:
             removing = asyncio.create_task(reports.remove("report1"))
             putting = asyncio.create_task(reports.put("report2", "Put again"))
-            await eventually(lambda: len(reports._pending) == 2)
+            conditional = asyncio.create_task(reports.put("report3", "If", if_version=3))
+            await eventually(lambda: len(reports._pending) == 3)
         finally:
             os.kill(server.process.pid, signal.SIGKILL)
         start_again(server)
         with pytest.raises(ConnectionLost, match="may or may not"):
             await removing
         assert (await putting).title == "Put again"  # NOTE: the same content: sent again
+        assert (await conditional).title == "If"  # NOTE: refused if the first one had done it
         assert (await reports.get("report1")).title == "Report 1"
     assert await seeded_repository.get_report(name="report1") is not None
 
@@ -333,6 +335,7 @@ async def test_a_slow_consumer_is_resumed_and_told_what_it_missed(
             batch = [NewReport(f"big{b}-{i}", "Big", "x" * 50_000) for i in range(10)]
             await seeded_repository.add_reports(batch)
         await eventually(lambda: "closing slow subscriber" in server.log(), within=30)
+        assert (await reports.get("report1")).version == 1  # NOTE: the reader is blocked
         async with asyncio.timeout(60):
             while not any(isinstance(i, Resync) for i in seen):
                 seen.append(await anext(changes))
