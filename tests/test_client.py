@@ -296,6 +296,20 @@ async def test_a_new_database_epoch_yields_resync(
         assert (await reports.ping()).epoch == "restored"
 
 
+async def test_resync_when_the_changelog_no_longer_reaches_back(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(changelog_retention="3")
+    async with client(server, WRITE_TOKEN) as reports:
+        for n in range(5):
+            await reports.put(f"h{n}", f"H{n}")  # NOTE: the server keeps the last 3 changes
+        epoch = (await reports.ping()).epoch
+        async with aclosing(reports.changes(since=2)) as changes:
+            assert await take(changes, 1) == [Resync(9, epoch)]
+            await reports.put("after", "After")
+            assert versions(await take(changes, 1)) == [10]
+
+
 @pytest.fixture
 def jwt_server(make_server: Callable[..., Server]) -> Server:
     return make_server(jwt_secret=SECRET, jwt_leeway="0", token_expiry_warning="2")
