@@ -346,6 +346,34 @@ async def test_a_token_provider_refreshes_before_the_expiry_without_a_drop(
     assert len(statuses.states("connected")) == 1  # NOTE: refreshed in band, never dropped
 
 
+async def test_a_token_provider_too_slow_for_the_expiry_gets_a_new_connection(
+    jwt_server: Server, seeded_repository: ReportRepository
+) -> None:
+    """The refresh comes too late (1008 token expired): the client logs in again with a fresh
+    token and resumes, missing nothing."""
+    calls = 0
+
+    async def provider() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # NOTE: the first refresh, on token.expiring
+            await asyncio.sleep(5)
+        return short_jwt()
+
+    statuses = Statuses()
+    async with (
+        ReportsClient(jwt_server.url, token_provider=provider, on_status=statuses) as reports,
+        aclosing(reports.changes(since=4)) as changes,
+    ):
+        await write(seeded_repository, "a")
+        seen = await take(changes, 1)
+        await eventually(lambda: [s for s in statuses if s.reason == "token expired"])
+        await write(seeded_repository, "b")
+        seen += await take(changes, 1)
+        assert versions(seen) == [5, 6]
+    assert len(statuses.states("connected")) >= 2
+
+
 async def test_an_expiring_token_without_a_provider_ends_changes(jwt_server: Server) -> None:
     statuses = Statuses()
     async with ReportsClient(jwt_server.url, token=short_jwt(), on_status=statuses) as reports:
