@@ -261,10 +261,11 @@ async def test_changes_follow_the_database_to_another_server(
     assert versions(seen) == [5, 6, 7]
 
 
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "msgpack"])
 async def test_since_replays_the_missed_changes_then_goes_on_live(
-    server: Server, seeded_repository: ReportRepository
+    server: Server, seeded_repository: ReportRepository, binary: bool
 ) -> None:
-    async with client(server) as reports:
+    async with client(server, binary=binary) as reports:
         async with aclosing(reports.changes(since=2)) as changes:
             replayed = await take(changes, 2)
             assert [(i.report.name, i.version) for i in replayed if isinstance(i, ReportEvent)] == [
