@@ -105,6 +105,12 @@ class Settings:
     subscriber_queue: int = setting(
         1000, "messages queued for one slow subscriber before it is closed (4001)", AT_LEAST_ONE
     )
+    replay_limit: int = setting(
+        100_000,
+        "versions a resume with since may reach back (sent in paced batches); further back, "
+        "the subscribe fails and the client fetches again",
+        AT_LEAST_ONE,
+    )
     sse_keepalive: float = setting(
         15.0, "seconds between keep-alive comments on an idle /api/changes stream", POSITIVE
     )

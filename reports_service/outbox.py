@@ -74,6 +74,16 @@ class Outbox:
         reason = "too slow: reconnect and resume with since"
         tasks.spawn(self._peer.close(Close.SLOW_CONSUMER, reason), name="close-slow")
 
+    async def drained(self) -> None:
+        """Wait until every message pushed so far is sent, or the sender has stopped."""
+        if self._sender is None or self._sender.done():
+            return
+        sent = asyncio.ensure_future(self._queue.join())
+        try:
+            await asyncio.wait([sent, self._sender], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sent.cancel()
+
     async def _send_loop(self) -> None:
         while True:
             message, binary = await self._queue.get()
@@ -82,6 +92,8 @@ class Outbox:
             except WebSocketDisconnected:
                 self._gone()
                 return
+            finally:
+                self._queue.task_done()
 
     async def close(self) -> None:
         if self._sender is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 
 from .access import Grant
 from .errors import VersionConflict
@@ -159,23 +159,41 @@ class ReportService:
         A RequestError when there are more than ``most``: the client fetches again instead.
         """
         found: list[Change] = []
+        async for batch in self.replay_batches(since, upto=upto, names=names, grant=grant):
+            found.extend(batch)
+            if len(found) > most:
+                raise too_many_to_replay(most, since)
+        return found
+
+    async def replay_batches(
+        self,
+        since: int,
+        *,
+        upto: int,
+        names: Collection[str] | None,
+        grant: Grant,
+        size: int = REPLAY_BATCH,
+    ) -> AsyncIterator[list[Change]]:
+        """The same changes as :meth:`replay`, read ``size`` versions at a time, all of them."""
         if not grant.read:
-            return found
+            return
         like = grant.like()
         while True:
             batch = await self._repository.changes_since(
-                since, limit=REPLAY_BATCH, upto=upto, names=names, like=like
+                since, limit=size, upto=upto, names=names, like=like
             )
-            found.extend(c for c in batch if grant.can_read(c.report.name))
-            if len(found) > most:
-                raise RequestError(
-                    "invalid_request",
-                    f"more than {most} changes since {since}: "
-                    "fetch the reports again and subscribe without since",
-                )
-            if len(batch) < REPLAY_BATCH:
-                return found
+            yield [c for c in batch if grant.can_read(c.report.name)]
+            if len(batch) < size:
+                return
             since = batch[-1].version
+
+
+def too_many_to_replay(most: int, since: int) -> RequestError:
+    return RequestError(
+        "invalid_request",
+        f"more than {most} changes since {since}: "
+        "fetch the reports again and subscribe without since",
+    )
 
 
 def _check_write(grant: Grant, name: str) -> None:

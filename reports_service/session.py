@@ -6,7 +6,9 @@ import logging
 from typing import Any
 
 from .access import Authenticator, InvalidToken, KeysUnavailable
+from .codes import Close
 from .errors import DatabaseUnavailable, ServiceError
+from .limits import Refused
 from .metrics import MESSAGE_TALLY, REPLY_TALLY
 from .outbox import Outbox, Peer
 from .protocol import (
@@ -37,7 +39,7 @@ from .protocol import (
     request_id,
 )
 from .records import Change
-from .service import ReportService
+from .service import REPLAY_BATCH, ReportService, too_many_to_replay
 
 logger = logging.getLogger("reports_service.session")
 
@@ -56,6 +58,7 @@ class ReportsSession:
         "_outbox",
         "_peer",
         "_queue_size",
+        "_replay_limit",
         "_service",
         "_subscribed",
     )
@@ -66,6 +69,7 @@ class ReportsSession:
         service: ReportService,
         *,
         queue_size: int,
+        replay_limit: int = 100_000,
         authenticator: Authenticator | None = None,
         binary: bool = False,
     ) -> None:
@@ -73,6 +77,7 @@ class ReportsSession:
         self._authenticator = authenticator
         self._service = service
         self._queue_size = queue_size
+        self._replay_limit = replay_limit
         self._outbox: Outbox | None = None  # NOTE: made on the first push: most never subscribe
         self._names: set[str] | None = None  # None: every report
         self._subscribed = False
@@ -203,25 +208,48 @@ class ReportsSession:
                 or request.since < oldest - 1
                 or (request.epoch is not None and request.epoch != epoch)
             )
-            replay = [] if resync else await self._replay(request.since, latest)
+            if not resync and latest - request.since > self._replay_limit:
+                raise too_many_to_replay(self._replay_limit, request.since)
         except BaseException:
             self._stop_subscription()
             raise
         self._delivered = max(latest, self._delivered)
+        self._held = [c for c in self._held or [] if c.version > self._delivered]
         self._reply_subscription(request.id, binary)
         if resync:
             self._push(ResyncEvent("resync", latest))
-        for change in replay:
-            self._push(event_frame(change, self._binary))
+        else:
+            await self._replay(request.since, latest)
         held, self._held = self._held or [], None
         for change in held:
             self.deliver(change)
 
-    async def _replay(self, since: int, upto: int) -> list[Change]:
-        most = self._queue_size
-        return await self._service.replay(
-            since, upto=upto, names=self._names, most=most, grant=self._peer.grant
-        )
+    async def _replay(self, since: int, upto: int) -> None:
+        """Push the changes after ``since`` up to ``upto``, a batch at a time, each sent
+        before the next is read: a replay longer than the outbox holds is paced, not refused
+        (so a subscriber closed with 4001 resumes without loss)."""
+        outbox = self._ensure_outbox()
+        size = min(REPLAY_BATCH, self._queue_size)
+        grant = self._peer.grant
+        try:
+            async for batch in self._service.replay_batches(
+                since, upto=upto, names=self._names, grant=grant, size=size
+            ):
+                for change in batch:
+                    self._push(event_frame(change, self._binary))
+                await outbox.drained()
+                if not self._subscribed:  # NOTE: gone, or closed as too slow
+                    return
+                if len(self._held or ()) > self._queue_size:
+                    self._overflow()
+                    return
+        except ServiceError as error:
+            # NOTE: the subscription was confirmed and part of the replay sent: an error reply
+            #   would not say where it stopped. The client resumes from its last version.
+            logger.warning("replay failed: %s", error)
+            self._stop_subscription()
+            reason = "database unavailable: resume with since"
+            raise Refused(Close.TRY_AGAIN_LATER, reason) from None
 
     def _reply_subscription(self, rid: Any, binary: bool) -> None:
         names = None if self._names is None else sorted(self._names)
@@ -262,9 +290,10 @@ class ReportsSession:
         if not self._peer.grant.can_read(name):
             return
         if self._held is not None:
-            self._held.append(change)
-            if len(self._held) > self._queue_size:
-                self._overflow()
+            # NOTE: a change the replay will send is not held twice; how many newer ones are
+            #   held is checked between the replay's batches.
+            if change.version > self._delivered:
+                self._held.append(change)
         elif change.version > self._delivered:
             self._delivered = change.version
             self._push(event_frame(change, self._binary))

@@ -86,6 +86,24 @@ async def test_resync_when_history_is_gone(
         assert await recv(ws) == {"type": "resync", "version": 10}
 
 
+async def test_a_replay_longer_than_the_queue_is_paced_and_one_too_long_refused(
+    make_server: Callable[..., Server], seeded_repository: ReportRepository
+) -> None:
+    """A resume may reach back REPORTS_REPLAY_LIMIT versions, however small the queue: the
+    replay goes in batches, each sent before the next is read. Further back, an error."""
+    server = make_server(subscriber_queue="10", replay_limit="100")
+    await seeded_repository.add_reports([NewReport(f"p{n}", f"P{n}", "") for n in range(100)])
+    async with await connect(server) as ws:
+        reply = await call(ws, {"id": 1, "type": "subscribe", "since": 4})
+        assert reply["result"]["version"] == 104
+        assert [(await recv(ws))["version"] for _ in range(100)] == list(range(5, 105))
+        assert (await call(ws, {"id": 2, "type": "ping"}))["id"] == 2  # NOTE: nothing twice
+    async with await connect(server) as ws:
+        reply = await call(ws, {"id": 1, "type": "subscribe", "since": 3})
+        assert reply["error"]["code"] == "invalid_request"
+        assert "more than 100 changes since 3" in reply["error"]["message"]
+
+
 async def test_stalled_subscriber_is_closed_and_does_not_delay_others(
     make_server: Callable[..., Server], seeded_repository: ReportRepository
 ) -> None:

@@ -43,6 +43,7 @@ class ReportsResource(WebSocketRoute[ReportsSession]):
             conn,
             self._service,
             queue_size=self._settings.subscriber_queue,
+            replay_limit=self._settings.replay_limit,
             authenticator=self._authenticator,
             binary=bool(getattr(req.context, "binary", False)),
         )
