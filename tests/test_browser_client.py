@@ -118,6 +118,49 @@ async def test_the_feed_shows_the_latest_changes_on_connect(
         assert console.problems == []
 
 
+async def test_changes_missed_beyond_the_changelog_resync_the_page(
+    make_server: Callable[..., Server], db_env: dict[str, str], tmp_path: Path, shot: str
+) -> None:
+    # NOTE: the writer (seed.py) prunes the changelog, so it gets the short retention too.
+    env = {**db_env, "REPORTS_CHANGELOG_RETENTION": "5"}
+    server = make_server(changelog_retention="5")
+    async with open_console(server) as console:
+        page = console.page
+        status = page.locator("#status")
+        await console.connect()
+        await expect(status).to_have_text("connected")
+        await expect(page.locator(FEED_EVENTS)).to_have_count(4)
+        await page.fill("#get-name", "report1")
+        await page.click("#get")
+        await expect(page.locator("#report-title")).to_have_text("Report 1")
+        await page.click("#disconnect")
+        await expect(status).to_contain_text("disconnected")
+
+        # Away: report1 replaced, then six more changes; the changelog keeps only the last five.
+        await seed(env, "add", "report1", "--title", "Report 1, while away", "--replace")
+        lines = [{"name": f"away{n}", "title": f"Away {n}", "content": "c"} for n in range(6)]
+        bulk = tmp_path / "away.jsonl"
+        bulk.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        await seed(env, "add", "--file", str(bulk))
+
+        await page.click("#connect")
+        await expect(status).to_have_text("resynced")
+        await expect(page.locator("#feed [data-testid=feed-note]").first).to_have_text(
+            "changes were missed (now at version 11): the lists were reloaded"
+        )
+        await expect(page.locator("#feed-version")).to_have_text("at version 11")
+        # What the page shows was fetched again: the open report, and the list.
+        await expect(page.locator("#report-title")).to_have_text("Report 1, while away")
+        await expect(page.locator(RESULTS)).to_have_count(10)
+        await expect(page.locator(RESULTS).first).to_have_attribute("data-name", "away5")
+        await seed(env, "add", "after", "--title", "After")
+        await expect(page.locator(FEED_EVENTS).first).to_have_attribute("data-name", "after")
+        await expect(page.locator(FEED_EVENTS).first).to_have_attribute("data-version", "12")
+        await expect(page.locator(FEED_EVENTS)).to_have_count(5)
+        await console.screenshot(shot)
+        assert console.problems == []
+
+
 async def test_a_wrong_token_says_so_and_is_not_retried(server: Server, shot: str) -> None:
     async with open_console(server) as console:
         page = console.page

@@ -42,7 +42,8 @@ function when(iso) {
 // -- the /reports connection -----------------------------------------------------------------
 
 let client = null; // the ReportsClient of the latest Connect
-const feed = { version: null, epoch: null }; // the latest change shown: Connect resumes after it
+// The latest change shown (Connect resumes after it), and whether any change was shown yet.
+const feed = { version: null, epoch: null, shown: false };
 let countdown = null;
 
 /** The status line: a few words, then (close code: reason) as the detail. */
@@ -85,10 +86,16 @@ function onState(me, change) {
     setStatus("connected", "connected");
     if (!me.feedStarted) startFeed(me);
   } else if (change.state === "resynced") {
-    setStatus("resynced", "resynced");
     feed.version = change.version;
-    feedNote(`changes were missed (now at version ${change.version}): the lists were reloaded`);
+    feed.epoch = me.epoch;
     showVersion();
+    if (!feed.shown) {
+      // NOTE: the first replay reached back further than the server keeps: nothing was missed.
+      feedNote(`older changes are no longer kept (now at version ${change.version})`);
+      return;
+    }
+    setStatus("resynced", "resynced");
+    feedNote(`changes were missed (now at version ${change.version}): the lists were reloaded`);
     reload();
   } else if (change.state === "reconnecting") {
     showIdentity(null);
@@ -131,6 +138,7 @@ async function startFeed(me) {
 
 function onChange(event) {
   addEvent(event);
+  feed.shown = true;
   feed.version = event.version;
   feed.epoch = client.epoch;
   showVersion();
