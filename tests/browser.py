@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import jwt
 import pytest
 from playwright.async_api import ConsoleMessage, Page, async_playwright, expect
 
@@ -36,6 +39,7 @@ CHROMIUM_ARGS = [
 ]
 TIMEOUT_MS = 10_000
 SCREENSHOTS = ROOT / "build" / "screenshots"
+SECRET = "browser-test-secret-0123456789abcdef"  # the JWT secret of the servers that take JWTs
 
 
 @dataclass
@@ -105,6 +109,14 @@ async def open_console(server: Server) -> AsyncIterator[Console]:
 async def seed(db_env: dict[str, str], *args: str) -> None:
     done = await asyncio.to_thread(run_cli, db_env, *args)
     assert done.returncode == 0, done.stderr
+
+
+def mint(subject: str, lifetime: float, *, write: bool = False, **claims: Any) -> tuple[str, int]:
+    """A JWT signed with the server's secret, and its `exp`."""
+    expires = int(time.time() + lifetime)
+    scope = "reports:read reports:write" if write else "reports:read"
+    payload = {"sub": subject, "exp": expires, "iat": int(time.time()), "scope": scope, **claims}
+    return jwt.encode(payload, SECRET, algorithm="HS256"), expires
 
 
 async def until(console: Console, condition: str, within: float = TIMEOUT_MS / 1000) -> None:

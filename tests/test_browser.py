@@ -4,19 +4,14 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any
 
-import jwt
 import pytest
 from playwright.async_api import Page, expect
 
-from .browser import Console, open_console, seed
+from .browser import SECRET, Console, mint, open_console, seed
 from .server import Server
-
-SECRET = "browser-test-secret-0123456789abcdef"
 
 pytestmark = pytest.mark.e2e
 
@@ -33,14 +28,6 @@ async def jwt_console(make_server: Callable[..., Server]) -> AsyncIterator[Conso
     server = make_server(jwt_secret=SECRET, token_expiry_warning="58")
     async with open_console(server) as found:
         yield found
-
-
-def mint(subject: str, lifetime: float, *, write: bool = False, **claims: Any) -> tuple[str, int]:
-    """A JWT signed with the server's secret, and its `exp`."""
-    expires = int(time.time() + lifetime)
-    scope = "reports:read reports:write" if write else "reports:read"
-    payload = {"sub": subject, "exp": expires, "iat": int(time.time()), "scope": scope, **claims}
-    return jwt.encode(payload, SECRET, algorithm="HS256"), expires
 
 
 async def shown_expiry(page: Page) -> datetime | None:

@@ -16,7 +16,7 @@ import pytest
 from playwright.async_api import expect
 
 from . import server as server_module
-from .browser import Console, open_console, seed, until
+from .browser import SECRET, Console, mint, open_console, seed, until
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -226,3 +226,38 @@ async def test_the_feed_goes_on_across_a_server_restart_with_each_change_once(
         assert not [p for p in console.problems if down not in p], console.problems
     for srv in (first, second):
         assert "Traceback" not in srv.log_path.read_text()
+
+
+USE_THE_MODULE = """async ([first, later]) => {
+    const { ReportsClient } = await import("/static/client.js");
+    window.states = [];
+    window.changes = [];
+    const tokens = [first, later];
+    window.client = new ReportsClient("/reports", {
+        tokenProvider: async () => tokens.shift() ?? later,
+        onState: (s) => states.push(s.state),
+    });
+    client.connect().subscribe({ since: 0, onChange: (e) => changes.push(e.version) });
+    return (await client.get("report1")).title;
+}"""
+
+
+async def test_the_module_on_its_own_refreshes_its_token(
+    make_server: Callable[..., Server], db_env: dict[str, str]
+) -> None:
+    """client.js as the README shows it, with a tokenProvider: a token about to expire is
+    replaced in band (the server warns 58 s ahead; this one lives 60 s)."""
+    server = make_server(jwt_secret=SECRET, token_expiry_warning="58")
+    soon, _ = mint("alice", 60)
+    later, expires = mint("alice", 7200)
+    async with open_console(server) as console:
+        title = await console.page.evaluate(USE_THE_MODULE, [soon, later])
+        assert title == "Report 1"
+        refreshed = f"new Date(client.identity?.expires_at).getTime() === {expires * 1000}"
+        await until(console, refreshed)
+        await seed(db_env, "add", "fresh", "--title", "Fresh")
+        await until(console, "changes.length === 5")
+        assert await console.page.evaluate("changes") == [1, 2, 3, 4, 5]
+        assert await console.page.evaluate("states") == ["connected"]
+        assert console.sockets == [server.url + "/reports"]  # refreshed on the same connection
+        assert console.problems == []
