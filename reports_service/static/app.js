@@ -290,7 +290,8 @@ function followReport(event) {
     return;
   }
   showReport(report);
-  liveNote(`${event.type === "report.added" ? "added again" : "changed"} at version ${event.version}`);
+  const what = event.type === "report.added" ? "added again" : "changed";
+  liveNote(`${what} at version ${event.version}`);
 }
 
 // -- list and search --------------------------------------------------------------------------

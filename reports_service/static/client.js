@@ -102,7 +102,8 @@ export class ReportsClient {
   get = (name) => this.request("get", { name });
   list = (fields = {}) => this.request("list", fields);
   search = (q, fields = {}) => this.request("search", { q, ...fields });
-  put = (name, title, content, fields = {}) => this.request("put", { name, title, content, ...fields });
+  put = (name, title, content, fields = {}) =>
+    this.request("put", { name, title, content, ...fields });
   remove = (name, fields = {}) => this.request("remove", { name, ...fields });
   ping = () => this.request("ping");
 
@@ -130,10 +131,14 @@ export class ReportsClient {
    * connect; the reply ({names, version, epoch}) when sent now.
    */
   async subscribe({ names = null, since = null, epoch = null, onChange, onResync } = {}) {
+    const again = this._sub !== null && this._ready;
     this._sub = { names, onChange: onChange || (() => {}), onResync: onResync || (() => {}) };
     this.version = since;
     this.epoch = epoch;
-    return this._ready ? this._subscribeOn(this._socket) : null;
+    if (!this._ready) return null;
+    // NOTE: the server resumes with since only a connection that is not subscribed yet.
+    if (again) await this._call(this._socket, "unsubscribe", {});
+    return this._subscribeOn(this._socket);
   }
 
   // -- the connection --------------------------------------------------------------------
@@ -190,7 +195,9 @@ export class ReportsClient {
       reply = await this._call(socket, "subscribe", { ...only, ...resume });
     } catch (error) {
       // NOTE: too many changes to replay: start afresh, and tell the caller to fetch again.
-      if (since === null || !(error instanceof RequestError)) throw error;
+      if (since === null || !(error instanceof RequestError) || error.code !== "invalid_request") {
+        throw error;
+      }
       reply = await this._call(socket, "subscribe", only);
       this._resync(reply.version);
     }
