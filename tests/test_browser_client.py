@@ -228,6 +228,25 @@ async def test_the_feed_goes_on_across_a_server_restart_with_each_change_once(
         assert "Traceback" not in srv.log_path.read_text()
 
 
+async def test_an_expired_token_says_so_and_is_not_retried(
+    make_server: Callable[..., Server], shot: str
+) -> None:
+    server = make_server(jwt_secret=SECRET, jwt_leeway="0", token_expiry_warning="3")
+    async with open_console(server) as console:
+        page = console.page
+        status = page.locator("#status")
+        token, _ = mint("alice", 6)  # warned after 3 s, closed after 6 s
+        await console.connect(token)
+        await expect(status).to_have_text("connected")
+        await expect(page.locator("#token-notice")).to_contain_text("the token expires at")
+        await expect(status).to_have_text("token expired (close 1008: token expired)")
+        await expect(status).to_have_attribute("data-state", "closed")
+        await expect(page.locator("#connect")).to_be_enabled()
+        assert console.sockets == [server.url + "/reports"]
+        await console.screenshot(shot)
+        assert console.problems == []
+
+
 USE_THE_MODULE = """async ([first, later]) => {
     const { ReportsClient } = await import("/static/client.js");
     window.states = [];
