@@ -1,82 +1,19 @@
-"""The console page at / in a real browser: Debian's headless Chromium driven by Playwright.
-
-Playwright's own browser download does not work on the project's machines, so the browser is
-Debian's `chromium` package (scripts/test installs it). Without it these tests fail under CI and
-are skipped elsewhere.
-"""
+"""The console page at / in a real browser: Debian's headless Chromium driven by Playwright
+(see tests/browser.py): requests, the identity, and a new token in band."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
-import jwt
 import pytest
-from playwright.async_api import ConsoleMessage, Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
-from .conftest import TOKEN
-from .server import Server, run_cli
-
-CHROMIUM = Path("/usr/bin/chromium")
-# NOTE: we run as root (no sandbox); the networking flags stop Chromium from calling Google,
-#   which stalls it on machines that cannot reach the internet.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 10_000
-SECRET = "browser-test-secret-0123456789abcdef"
+from .browser import SECRET, Console, mint, open_console, seed
+from .server import Server
 
 pytestmark = pytest.mark.e2e
-
-
-@dataclass
-class Console:
-    """The page, and what went wrong in it: errors, and requests to anywhere but the server."""
-
-    page: Page
-    server: Server
-    problems: list[str] = field(default_factory=list)
-    sockets: list[str] = field(default_factory=list)  # every WebSocket the page opened
-
-    def on_console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
-            self.problems.append(f"console error: {message.text}")
-
-    def check_url(self, url: str) -> None:
-        if not url.startswith((self.server.http + "/", self.server.url + "/", "data:")):
-            self.problems.append(f"request outside the server: {url}")
-
-    def on_websocket(self, url: str) -> None:
-        self.check_url(url)
-        self.sockets.append(url)
-
-    async def connect(self, token: str = TOKEN) -> None:
-        await self.page.fill("#token", token)
-        await self.page.click("#connect")
-
-
-def require_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    reason = f"{CHROMIUM} is missing: install Debian's chromium package (scripts/test does)"
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @pytest.fixture
@@ -91,41 +28,6 @@ async def jwt_console(make_server: Callable[..., Server]) -> AsyncIterator[Conso
     server = make_server(jwt_secret=SECRET, token_expiry_warning="58")
     async with open_console(server) as found:
         yield found
-
-
-@asynccontextmanager
-async def open_console(server: Server) -> AsyncIterator[Console]:
-    require_chromium()
-    expect.set_options(timeout=TIMEOUT_MS)
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000
-        )
-        try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(TIMEOUT_MS)
-            found = Console(page, server)
-            page.on("console", found.on_console)
-            page.on("pageerror", lambda error: found.problems.append(f"page error: {error}"))
-            page.on("request", lambda request: found.check_url(request.url))
-            page.on("websocket", lambda websocket: found.on_websocket(websocket.url))
-            await page.goto(server.http + "/")
-            yield found
-        finally:
-            await browser.close()
-
-
-async def seed(db_env: dict[str, str], *args: str) -> None:
-    done = await asyncio.to_thread(run_cli, db_env, *args)
-    assert done.returncode == 0, done.stderr
-
-
-def mint(subject: str, lifetime: float, *, write: bool = False, **claims: Any) -> tuple[str, int]:
-    """A JWT signed with the server's secret, and its `exp`."""
-    expires = int(time.time() + lifetime)
-    scope = "reports:read reports:write" if write else "reports:read"
-    payload = {"sub": subject, "exp": expires, "iat": int(time.time()), "scope": scope, **claims}
-    return jwt.encode(payload, SECRET, algorithm="HS256"), expires
 
 
 async def shown_expiry(page: Page) -> datetime | None:
@@ -181,6 +83,8 @@ async def test_changes_by_seed_script_appear_in_the_feed(
     page = console.page
     await console.connect()
     await expect(page.locator("#status")).to_have_text("connected")
+    # On connect, the feed shows the latest changes: here the four tutorial reports' additions.
+    await expect(page.locator("#feed li")).to_have_count(4)
 
     await seed(db_env, "add", "live", "--title", "Live <b>report</b>", "--content", "c")
     added = page.locator('#feed [data-type="report.added"][data-name="live"]')
@@ -197,18 +101,20 @@ async def test_changes_by_seed_script_appear_in_the_feed(
     versions = await page.locator("#feed li").evaluate_all(
         "items => items.map(item => Number(item.dataset.version))"
     )
-    assert len(versions) == 3 and versions == sorted(versions, reverse=True), versions
+    assert versions == list(range(7, 0, -1)), versions
 
     # Disconnected, a change is missed; connecting again resumes after the last version seen.
     await page.click("#disconnect")
-    await expect(page.locator("#status")).to_contain_text("closed 1000")
+    await expect(page.locator("#status")).to_have_text(
+        "disconnected (close 1000: disconnected by the user)"
+    )
     await seed(db_env, "add", "while-away", "--title", "Missed")
     await page.click("#connect")
     await expect(page.locator("#status")).to_have_text("connected")
     await expect(
         page.locator('#feed [data-type="report.added"][data-name="while-away"]')
     ).to_contain_text("Missed")
-    await expect(page.locator("#feed li")).to_have_count(4)
+    await expect(page.locator("#feed li")).to_have_count(8)
     assert console.problems == []
 
 
@@ -216,8 +122,7 @@ async def test_wrong_token_shows_the_close(console: Console) -> None:
     page = console.page
     await console.connect("not-the-token")
     status = page.locator("#status")
-    await expect(status).to_contain_text("1008")
-    await expect(status).to_contain_text("invalid token")
+    await expect(status).to_have_text("wrong token (close 1008: invalid token)")
     await expect(page.locator("#get")).to_be_disabled()
     await expect(page.locator("#connect")).to_be_enabled()  # no retrying a bad token
     assert console.problems == []

@@ -8,10 +8,9 @@ from typing import Any
 import pytest
 
 from . import server as server_module
+from .browser import Console, open_console, seed, until
 from .conftest import TOKEN
 from .server import Server
-from .test_browser import TIMEOUT_MS, Console, open_console, seed
-from .waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -31,14 +30,6 @@ LISTEN = """token => {
 async def seen(console: Console) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = await console.page.evaluate("window.seen")
     return found
-
-
-async def until(console: Console, condition: str, within: float = TIMEOUT_MS / 1000) -> None:
-    """Wait until ``condition`` (a JavaScript expression) holds in the page.
-
-    NOTE: by polling page.evaluate: the page's CSP forbids the eval of wait_for_function.
-    """
-    await eventually(lambda: console.page.evaluate(f"() => {condition}"), within=within)
 
 
 async def wait_for_report(console: Console, name: str) -> None:

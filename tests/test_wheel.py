@@ -156,7 +156,7 @@ def test_up_in_an_empty_directory(installed: Installed, empty_dir: Path, tmp_pat
             token = said[2].removeprefix("access token for /reports (shown once, keep it): ")
             assert token != said[2], said
             _wait_until_ready(up, port)
-            for path in ("/", "/static/app.js", "/static/style.css"):
+            for path in ("/", "/static/app.js", "/static/client.js", "/static/style.css"):
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as page:
                     assert page.status == 200 and page.read(), path
             with connect(f"ws://127.0.0.1:{port}/reports") as ws:

@@ -1,21 +1,27 @@
 // The reports console: a token, typed requests on /reports, a live feed, and the echo box.
-// The token goes in an `auth` request, first and whenever the user gives a new one.
+// The connection (reconnect, resume, resync, the token in an `auth` request) is client.js's;
+// this page shows what it says, and keeps the open report and the list in step with the feed.
 // Server text is only ever put in the page with textContent (through el() below).
-"use strict";
+import { CLOSE_NAMES, ReportsClient, RequestError } from "./client.js";
 
 const WS_BASE = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}`;
 const FEED_MAX = 200;
-const RETRY_MAX_MS = 15000;
-const CLOSE_NAMES = {
-  1000: "normal closure",
-  1001: "going away",
-  1006: "connection lost",
-  1008: "policy violation",
-  1009: "message too big",
+const RECENT = 20; // changes replayed into the feed on the first connect
+const RETRY_CAP = 8; // seconds: the longest wait between two reconnects
+// NOTE: a 1008 says which token problem it is in its reason; these are the ones people hit.
+const REFUSALS = {
+  "invalid token": "wrong token",
+  "token expired": "token expired",
+  "token revoked": "token revoked",
+  "too many failed logins": "too many failed logins, wait a while",
+  "authentication timed out": "authentication timed out",
+};
+const DROPS = {
+  1001: "server closed the connection",
   1011: "server error",
-  1012: "service restart",
-  1013: "try again later",
-  4001: "too slow",
+  1012: "server restarting",
+  1013: "server busy",
+  4001: "too slow to keep up",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -33,146 +39,117 @@ function when(iso) {
   return Number.isNaN(date.getTime()) ? String(iso) : date.toLocaleString();
 }
 
-class RequestError extends Error {
-  constructor(code, message) {
-    super(`${code}: ${message}`);
-    this.code = code;
-  }
-}
-
 // -- the /reports connection -----------------------------------------------------------------
 
-const conn = {
-  socket: null,
-  token: "",
-  wanted: false, // the user asked to be connected: reconnect when the connection drops
-  retryTimer: null,
-  retryMs: 1000,
-  lastVersion: null, // the latest change the feed has shown; resumed from on reconnect
-  nextId: 1,
-  pending: new Map(), // request id -> {resolve, reject}
-};
+let client = null; // the ReportsClient of the latest Connect
+// The latest change shown (Connect resumes after it), and whether any change was shown yet.
+const feed = { version: null, epoch: null, shown: false };
+let countdown = null;
 
-function setStatus(state, text) {
+/** The status line: a few words, then (close code: reason) as the detail. */
+function setStatus(state, text, drop = null, attempt = 0) {
   const status = $("status");
   status.dataset.state = state;
-  status.textContent = text;
-  $("console").disabled = state !== "connected";
-  $("connect").disabled = conn.wanted;
-  $("disconnect").disabled = !conn.wanted;
-}
-
-function request(type, fields = {}) {
-  return new Promise((resolve, reject) => {
-    const socket = conn.socket;
-    if (!socket || socket.readyState !== WebSocket.OPEN) {
-      reject(new Error("not connected"));
-      return;
-    }
-    const id = conn.nextId++;
-    conn.pending.set(id, { resolve, reject });
-    socket.send(JSON.stringify({ id, type, ...fields }));
-  });
+  status.dataset.code = drop ? String(drop.code) : "";
+  status.dataset.attempt = String(attempt);
+  const detail = drop ? `close ${drop.code}${drop.reason ? `: ${drop.reason}` : ""}` : "";
+  const tries = attempt > 1 ? `, attempt ${attempt}` : "";
+  status.replaceChildren(
+    text,
+    ...(detail ? [" ", el("span", { class: "detail muted" }, `(${detail}${tries})`)] : []),
+  );
+  $("console").disabled = !["connected", "resynced"].includes(state);
+  $("connect").disabled = client !== null;
+  $("disconnect").disabled = client === null;
 }
 
 function connect() {
-  clearTimeout(conn.retryTimer);
+  if (client) client.close("connecting again");
+  const me = new ReportsClient("/reports", {
+    token: $("token").value,
+    cap: RETRY_CAP,
+    onState: (change) => me === client && onState(me, change),
+    onExpiring: (at) => {
+      notice("warning", `the token expires at ${when(at)}: give a new one below to stay connected`);
+    },
+  });
+  client = me;
   setStatus("connecting", "connecting…");
-  const socket = new WebSocket(`${WS_BASE}/reports`);
-  conn.socket = socket;
-  socket.onopen = () => start(socket);
-  socket.onmessage = (event) => onMessage(event.data);
-  socket.onclose = (event) => onClose(socket, event);
+  me.connect();
 }
 
-function disconnect() {
-  conn.wanted = false;
-  clearTimeout(conn.retryTimer);
-  if (conn.socket) conn.socket.close(1000, "disconnected by the user");
-  else setStatus("disconnected", "disconnected");
-}
-
-async function start(socket) {
-  setStatus("authenticating", "authenticating…");
-  try {
-    showIdentity(await request("auth", { token: conn.token }));
-  } catch (error) {
-    // A bad token closes the connection: onClose tells why.
-    if (conn.socket === socket && error instanceof RequestError) {
-      setStatus("error", `authentication failed: ${error.message}`);
+function onState(me, change) {
+  clearInterval(countdown);
+  const drop = change.code === undefined ? null : { code: change.code, reason: change.reason };
+  if (change.state === "connected") {
+    showIdentity(change.identity);
+    setStatus("connected", "connected");
+    if (!me.feedStarted) startFeed(me);
+  } else if (change.state === "resynced") {
+    feed.version = change.version;
+    feed.epoch = me.epoch;
+    showVersion();
+    if (!feed.shown) {
+      // NOTE: the first replay reached back further than the server keeps: nothing was missed.
+      feedNote(`older changes are no longer kept (now at version ${change.version})`);
+      return;
     }
-    return;
+    setStatus("resynced", "resynced");
+    feedNote(`changes were missed (now at version ${change.version}): the lists were reloaded`);
+    reload();
+  } else if (change.state === "reconnecting") {
+    showIdentity(null);
+    const words = DROPS[drop.code] || "connection lost";
+    const due = Date.now() + change.delay * 1000;
+    const tick = () => {
+      const left = Math.ceil((due - Date.now()) / 1000);
+      const next = left > 0 ? `reconnecting in ${left} s` : "reconnecting…";
+      setStatus("reconnecting", `${words}, ${next}`, drop, change.attempt);
+    };
+    tick();
+    countdown = setInterval(tick, 250);
+  } else if (change.state === "stopped") {
+    client = null;
+    showIdentity(null);
+    if (drop.code === 1000) setStatus("disconnected", "disconnected", drop);
+    else if (drop.code === 1008) setStatus("closed", REFUSALS[drop.reason] || "refused", drop);
+    else setStatus("closed", `closed: ${CLOSE_NAMES[drop.code] || "stopped"}`, drop);
   }
-  await subscribe(socket);
 }
 
-async function subscribe(socket) {
-  let since = conn.lastVersion;
+/** The feed: from where it was (Connect again), or the latest changes (the first Connect). */
+async function startFeed(me) {
+  me.feedStarted = true;
+  let { version: since, epoch } = feed;
   try {
-    let result;
-    try {
-      result = await request("subscribe", since === null ? {} : { since });
-    } catch (error) {
-      if (since === null || !(error instanceof RequestError)) throw error;
-      // Too far behind to replay: start afresh from now.
-      feedNote(`could not resume after version ${since} (${error.message}): reload the lists`);
-      since = null;
-      result = await request("subscribe");
+    if (since === null) {
+      const pong = await me.ping();
+      since = Math.max(0, pong.version - RECENT);
+      epoch = pong.epoch;
     }
-    // When resuming, the replayed events (or a resync) that follow carry the versions.
-    if (since === null) conn.lastVersion = result.version;
+    await me.subscribe({ since, epoch, onChange: (event) => me === client && onChange(event) });
+    if (feed.version === null) feed.version = me.version;
     showVersion();
   } catch (error) {
-    if (conn.socket === socket) setStatus("error", `subscribe failed: ${error.message}`);
-    return;
+    if (me === client) feedNote(`could not follow the changes: ${error.message}`);
   }
-  if (conn.socket !== socket) return;
-  conn.retryMs = 1000;
-  setStatus("connected", "connected");
   if (!$("results").hasChildNodes()) browse({ type: "list" });
 }
 
-function onClose(socket, event) {
-  if (conn.socket !== socket) return;
-  conn.socket = null;
-  for (const { reject } of conn.pending.values()) reject(new Error("connection closed"));
-  conn.pending.clear();
-  showIdentity(null);
-  const reason = event.reason || CLOSE_NAMES[event.code] || "";
-  const closed = `closed ${event.code}${reason ? ` (${reason})` : ""}`;
-  if (event.code === 1008) conn.wanted = false; // a bad token stays bad: do not retry
-  if (!conn.wanted) {
-    setStatus(event.code === 1000 ? "disconnected" : "closed", closed);
-    return;
-  }
-  const delay = conn.retryMs;
-  conn.retryMs = Math.min(conn.retryMs * 2, RETRY_MAX_MS);
-  setStatus("reconnecting", `${closed}; reconnecting in ${Math.round(delay / 1000)} s…`);
-  conn.retryTimer = setTimeout(connect, delay);
+function onChange(event) {
+  addEvent(event);
+  feed.shown = true;
+  feed.version = event.version;
+  feed.epoch = client.epoch;
+  showVersion();
+  followReport(event);
+  followList(event);
 }
 
-function onMessage(data) {
-  let message;
-  try {
-    message = JSON.parse(data);
-  } catch {
-    return;
-  }
-  if (message === null || typeof message !== "object") return;
-  const waiting = conn.pending.get(message.id);
-  if (waiting && ("result" in message || "error" in message)) {
-    conn.pending.delete(message.id);
-    if (message.error) waiting.reject(new RequestError(message.error.code, message.error.message));
-    else waiting.resolve(message.result);
-  } else if (message.type === "token.expiring") {
-    const at = when(message.expires_at);
-    notice("warning", `the token expires at ${at}: give a new one below to stay connected`);
-  } else if (message.type === "resync") {
-    conn.lastVersion = message.version;
-    feedNote(`changes were missed while away (now at version ${message.version}): reload the lists`);
-  } else if (typeof message.type === "string" && message.type.startsWith("report.")) {
-    addEvent(message);
-  }
+/** After a resync: what the page shows may be stale, so fetch it again. */
+function reload() {
+  if (shownReport) getReport(shownReport);
+  browse(browsing || { type: "list" });
 }
 
 // -- who the connection is, and a new token in band -------------------------------------------
@@ -219,13 +196,12 @@ async function refreshToken() {
   const input = $("new-token");
   const token = input.value;
   try {
-    showIdentity(await request("auth", { token }));
+    // The client reconnects (after a drop) with the new token from now on.
+    showIdentity(await client.auth(token));
   } catch (failure) {
     notice("error", `new token refused: ${failure.message}; the old one stays in force`);
     return;
   }
-  // Reconnecting (after a drop, or with Connect) uses the new token from now on.
-  conn.token = token;
   $("token").value = token;
   input.value = "";
   notice("ok", "new token in force");
@@ -234,13 +210,13 @@ async function refreshToken() {
 // -- the live feed ----------------------------------------------------------------------------
 
 function showVersion() {
-  $("feed-version").textContent = conn.lastVersion === null ? "" : `at version ${conn.lastVersion}`;
+  $("feed-version").textContent = feed.version === null ? "" : `at version ${feed.version}`;
 }
 
 function pushFeed(item) {
-  const feed = $("feed");
-  feed.prepend(item);
-  while (feed.childElementCount > FEED_MAX) feed.lastElementChild.remove();
+  const list = $("feed");
+  list.prepend(item);
+  while (list.childElementCount > FEED_MAX) list.lastElementChild.remove();
 }
 
 function addEvent(message) {
@@ -258,8 +234,6 @@ function addEvent(message) {
   item.dataset.name = String(report.name);
   item.dataset.version = String(message.version);
   pushFeed(item);
-  conn.lastVersion = Math.max(conn.lastVersion ?? 0, message.version);
-  showVersion();
 }
 
 function feedNote(text) {
@@ -268,27 +242,56 @@ function feedNote(text) {
 
 // -- one report -------------------------------------------------------------------------------
 
+let shownReport = null; // the name of the report the panel shows: it follows its changes
+
+function showReport(report) {
+  $("report-name").textContent = report.name;
+  $("report-title").textContent = report.title;
+  $("report-content").textContent = report.content;
+  $("report-created").textContent = when(report.created_at);
+  $("report-updated").textContent = when(report.updated_at);
+  $("report-version").textContent = String(report.version);
+  $("report-error").hidden = true;
+  $("report").hidden = false;
+  $("report").dataset.removed = "";
+  shownReport = report.name;
+}
+
+function liveNote(text, kind = "") {
+  const line = $("report-live");
+  line.textContent = text;
+  line.dataset.kind = kind;
+  line.hidden = text === "";
+}
+
 async function getReport(name) {
   $("get-name").value = name;
-  const error = $("report-error");
+  liveNote("");
   try {
-    const report = await request("get", { name });
-    $("report-name").textContent = report.name;
-    $("report-title").textContent = report.title;
-    $("report-content").textContent = report.content;
-    $("report-created").textContent = when(report.created_at);
-    $("report-updated").textContent = when(report.updated_at);
-    $("report-version").textContent = String(report.version);
-    error.hidden = true;
-    $("report").hidden = false;
+    showReport(await client.get(name));
   } catch (failure) {
+    const error = $("report-error");
     error.textContent =
       failure instanceof RequestError && failure.code === "not_found"
         ? `no report named “${name}”`
         : failure.message;
     error.hidden = false;
     $("report").hidden = true;
+    shownReport = null;
   }
+}
+
+function followReport(event) {
+  const { report } = event;
+  if (report.name !== shownReport) return;
+  if (event.type === "report.removed") {
+    $("report").dataset.removed = "true";
+    liveNote(`removed at version ${event.version}: this is what it was`, "removed");
+    return;
+  }
+  showReport(report);
+  const what = event.type === "report.added" ? "added again" : "changed";
+  liveNote(`${what} at version ${event.version}`);
 }
 
 // -- list and search --------------------------------------------------------------------------
@@ -296,39 +299,60 @@ async function getReport(name) {
 let browsing = null; // {type, q?, next}: the list or search the "More" button continues
 let browseSeq = 0; // only the latest list or search fills the results
 
+function resultItem(report) {
+  const open = el("button", { type: "button", class: "link" }, report.name);
+  open.addEventListener("click", () => getReport(report.name));
+  const item = el(
+    "li",
+    { "data-testid": "result-item" },
+    open,
+    el("span", { class: "title" }, report.title),
+    el("span", { class: "muted" }, `updated ${when(report.updated_at)} · v${report.version}`),
+  );
+  item.dataset.name = report.name;
+  item.dataset.version = String(report.version);
+  return item;
+}
+
+function summarize() {
+  const count = $("results").childElementCount;
+  const what = browsing?.type === "search" ? `matching “${browsing.q}”` : "newest first";
+  const more = browsing?.next ? ", more below" : "";
+  $("results-summary").textContent = `${count} report${count === 1 ? "" : "s"} ${what}${more}`;
+}
+
 async function browse(query, cursor = null) {
   const seq = ++browseSeq;
   const limit = Math.min(Math.max(Number($("page-size").value) || 10, 1), 100);
   const fields = { limit, ...(query.q ? { q: query.q } : {}), ...(cursor ? { cursor } : {}) };
   const results = $("results");
-  const summary = $("results-summary");
   let page;
   try {
-    page = await request(query.type, fields);
+    page = await client.request(query.type, fields);
   } catch (failure) {
-    if (seq === browseSeq) summary.textContent = failure.message;
+    if (seq === browseSeq) $("results-summary").textContent = failure.message;
     return;
   }
   if (seq !== browseSeq) return;
   if (!cursor) results.replaceChildren();
-  for (const report of page.reports) {
-    const open = el("button", { type: "button", class: "link" }, report.name);
-    open.addEventListener("click", () => getReport(report.name));
-    const item = el(
-      "li",
-      { "data-testid": "result-item" },
-      open,
-      el("span", { class: "title" }, report.title),
-      el("span", { class: "muted" }, `updated ${when(report.updated_at)} · v${report.version}`),
-    );
-    item.dataset.name = report.name;
-    results.append(item);
-  }
+  for (const report of page.reports) results.append(resultItem(report));
   browsing = { ...query, next: page.next };
   $("more").hidden = page.next === null;
-  const what = query.type === "search" ? `matching “${query.q}”` : "newest first";
-  const count = results.childElementCount;
-  summary.textContent = `${count} report${count === 1 ? "" : "s"} ${what}${page.next ? ", more below" : ""}`;
+  summarize();
+}
+
+/** A change, in the results: the newest-first list gains it on top; a removal drops it. */
+function followList(event) {
+  if (!browsing) return;
+  const { report } = event;
+  const results = $("results");
+  const old = [...results.children].find((item) => item.dataset.name === report.name);
+  if (event.type === "report.removed") old?.remove();
+  else if (browsing.type === "list") {
+    old?.remove();
+    results.prepend(resultItem(report));
+  } else old?.replaceWith(resultItem(report)); // NOTE: a search is not run again for a change
+  summarize();
 }
 
 // -- echo -------------------------------------------------------------------------------------
@@ -363,13 +387,8 @@ function on(id, type, handler) {
   });
 }
 
-on("token-form", "submit", () => {
-  conn.token = $("token").value;
-  conn.wanted = true;
-  conn.retryMs = 1000;
-  connect();
-});
-on("disconnect", "click", disconnect);
+on("token-form", "submit", connect);
+on("disconnect", "click", () => client?.close("disconnected by the user"));
 on("refresh-form", "submit", refreshToken);
 on("get-form", "submit", () => getReport($("get-name").value.trim()));
 on("list", "click", () => browse({ type: "list" }));
