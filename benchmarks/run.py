@@ -163,7 +163,7 @@ def prepare_targets(
 ) -> dict[str, Target]:
     """Build the databases that the chosen scenarios need; the targets ready to start."""
     wanted: set[str] = set()
-    if "roundtrip" in scenarios:
+    if "roundtrip" in scenarios or "syscalls" in scenarios:
         wanted |= {*args.targets, BASELINE}
     if "idle" in scenarios:
         wanted |= set(args.idle_targets)
