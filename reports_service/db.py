@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from sqlalchemy import create_engine, event
@@ -22,9 +22,18 @@ SYNCHRONOUS = ("FULL", "NORMAL")
 #   pages (400 KB) keeps the WAL small; after one, a WAL a large transaction grew is cut back.
 WAL_AUTOCHECKPOINT_PAGES = 100
 JOURNAL_SIZE_LIMIT = 1 << 20
+
+
+class SQLiteWriter(NamedTuple):
+    """A synchronous engine on a SQLite file, and the busy timeout its connections have."""
+
+    engine: Engine
+    busy_timeout: float
+
+
 # NOTE: the synchronous engine make_engine makes beside an async one on a SQLite file, for
 #   the repository's writes (see sqlite_writer); keyed by the async engine's sync_engine.
-_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, SQLiteWriter] = weakref.WeakKeyDictionary()
 
 
 class DatabaseURLError(ValueError):
@@ -77,7 +86,7 @@ def make_engine(
                 pool_timeout=pool_timeout,
             )
             _sqlite_recipe(writer, busy_timeout, synchronous.upper())
-            _SQLITE_WRITERS[engine.sync_engine] = writer
+            _SQLITE_WRITERS[engine.sync_engine] = SQLiteWriter(writer, busy_timeout)
         return engine
     if backend == "postgresql":
         if driver != "asyncpg":
@@ -93,7 +102,7 @@ def make_engine(
     raise DatabaseURLError(f"unsupported database {parsed.drivername!r}: use SQLite or PostgreSQL")
 
 
-def sqlite_writer(engine: AsyncEngine) -> Engine | None:
+def sqlite_writer(engine: AsyncEngine) -> SQLiteWriter | None:
     """The synchronous engine (sqlite3, same file and settings) that make_engine made beside
     ``engine``, or None (PostgreSQL, SQLite in memory, an engine made elsewhere)."""
     return _SQLITE_WRITERS.get(engine.sync_engine)

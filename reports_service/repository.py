@@ -7,6 +7,7 @@ import functools
 import hmac
 import json
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -176,9 +177,12 @@ class ReportRepository:
         #   One thread also queues this process's writers instead of having them wait on
         #   SQLite's lock, which they would take in turn anyway.
         sync_writer = sqlite_writer(engine)
-        self._sync_writer = (
-            None if sync_writer is None else sync_writer.execution_options(**WRITE_OPTIONS)
-        )
+        self._sync_writer = None
+        self._busy_timeout = 0.0
+        if sync_writer is not None:
+            self._sync_writer = sync_writer.engine.execution_options(**WRITE_OPTIONS)
+            self._busy_timeout = sync_writer.busy_timeout
+        self._busy_ms = 0  # NOTE: the busy timeout the writer thread's connection has now
         self._writer_thread: ThreadPoolExecutor | None = None
         path = engine.url.database if engine.dialect.name == "sqlite" else None
         self._point_reader: SQLitePointReader | None = None
@@ -305,12 +309,28 @@ class ReportRepository:
         if self._writer_thread is None:
             self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer_thread, self._in_writer_thread, body)
+        asked = time.monotonic()
+        return await loop.run_in_executor(self._writer_thread, self._in_writer_thread, body, asked)
 
-    def _in_writer_thread(self, body: Callable[[Connection], T]) -> T:
+    def _in_writer_thread(self, body: Callable[[Connection], T], asked: float) -> T:
+        """Run ``body`` in a transaction; it waits for SQLite's lock only for what remains of
+        the busy timeout since the write was ``asked`` (it may have queued behind others)."""
         assert self._sync_writer is not None
-        with self._sync_writer.begin() as conn:
-            return body(conn)
+        remaining = self._busy_timeout - (time.monotonic() - asked)
+        if remaining <= 0:
+            raise sqlite3.OperationalError("database is locked")
+        # NOTE: the whole timeout unless the write queued noticeably; the pragma only when the
+        #   timeout changes, so the usual write runs no more statements than before.
+        queued = remaining < self._busy_timeout - 0.01
+        busy_ms = max(1, int((remaining if queued else self._busy_timeout) * 1000))
+        with self._sync_writer.connect() as conn:
+            if busy_ms != self._busy_ms:
+                driver = conn.connection.driver_connection
+                assert driver is not None
+                driver.execute(f"PRAGMA busy_timeout={busy_ms}")
+                self._busy_ms = busy_ms
+            with conn.begin():
+                return body(conn)
 
     def _write(
         self, conn: Connection, items: Sequence[NewReport], existing: set[str], latest: int
