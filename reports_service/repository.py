@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 from sqlalchemy import (
-    String,
     Table,
     bindparam,
     case,
@@ -109,8 +108,13 @@ _LOG_WRITTEN = insert(changelog).from_select(
         bindparam("changed_at", type_=UTCDateTime()),
     ).where(reports.c.version >= bindparam("since")),
 )
+_LATEST_AND_VERSION_OF = select(_LATEST_VERSION.scalar_subquery(), _VERSION_OF.scalar_subquery())
 _PRUNE_CHANGES = delete(changelog).where(changelog.c.version <= bindparam("upto"))
-_NOTIFY = select(func.pg_notify(CHANNEL, bindparam("latest", type_=String())))
+# NOTE: one round trip for both on PostgreSQL: a DELETE in WITH runs whether read or not.
+_PRUNE_AND_NOTIFY = text(
+    "WITH pruned AS (DELETE FROM report_changes WHERE version <= :upto) "
+    "SELECT pg_notify(:channel, :latest)"
+)
 # NOTE: SQLite allows 32766 bound parameters per statement, PostgreSQL 32767; stay below.
 _CHUNK = 10_000
 
@@ -261,7 +265,7 @@ class ReportRepository:
             return []
 
         def add(conn: Connection) -> set[str]:
-            latest = self._lock_changelog(conn)
+            latest, _ = self._lock_changelog(conn)
             # NOTE: without replace, a name that exists fails the insert (unique index),
             #   which rolls everything back; no need to look for them first.
             existing = set(_created_at(conn, names)) if replace else set()
@@ -289,8 +293,7 @@ class ReportRepository:
         """
 
         def put(conn: Connection) -> tuple[ReportRecord, bool]:
-            latest = self._lock_changelog(conn)
-            current = conn.execute(_VERSION_OF, {"name": item.name}).scalar()
+            latest, current = self._lock_changelog(conn, item.name)
             if if_version is not None and if_version != (current or 0):
                 raise VersionConflict(item.name, current)
             self._write(conn, [item], set() if current is None else {item.name}, latest)
@@ -369,7 +372,7 @@ class ReportRepository:
             return None
 
         def remove(conn: Connection) -> int | None:
-            version = self._lock_changelog(conn) + 1
+            version = self._lock_changelog(conn)[0] + 1
             row = conn.execute(_GET_REPORT, {"name": name}).first()
             if row is None:
                 return None
@@ -382,24 +385,32 @@ class ReportRepository:
 
         return await self._transaction(remove)
 
-    def _lock_changelog(self, conn: Connection) -> int:
-        """Serialise writers and return the latest version: versions follow commit order."""
+    def _lock_changelog(self, conn: Connection, name: str | None = None) -> tuple[int, int | None]:
+        """Serialise writers and return the latest version (versions follow commit order), and
+        the version of report ``name`` if given (None when there is none)."""
         # NOTE: SQLite's BEGIN IMMEDIATE already holds the database's write lock. On
         #   PostgreSQL, without this lock a change could commit after a later version had been
         #   read by a subscriber, which would then never see it.
         if conn.dialect.name == "postgresql":
             conn.execute(_LOCK_WRITERS)
-        return int(conn.execute(_LATEST_VERSION).scalar_one())
+        if name is None:
+            return int(conn.execute(_LATEST_VERSION).scalar_one()), None
+        latest, current = conn.execute(_LATEST_AND_VERSION_OF, {"name": name}).one()
+        return int(latest), current
 
     def _append_changes(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         conn.execute(_APPEND_CHANGES, rows)
         self._after_changes(conn, rows[-1]["version"])
 
     def _after_changes(self, conn: Connection, latest: int) -> None:
-        conn.execute(_PRUNE_CHANGES, {"upto": latest - self.retention})
+        upto = latest - self.retention
         if conn.dialect.name == "postgresql":
             # NOTE: delivered on commit, to every server's listener (watch.PostgresWatcher).
-            conn.execute(_NOTIFY, {"latest": str(latest)})
+            conn.execute(
+                _PRUNE_AND_NOTIFY, {"upto": upto, "channel": CHANNEL, "latest": str(latest)}
+            )
+        else:
+            conn.execute(_PRUNE_CHANGES, {"upto": upto})
 
     # -- changelog -------------------------------------------------------------------------
 
