@@ -516,7 +516,7 @@ class Puts(Scenario):
 # -- concurrent writes ----------------------------------------------------------------------
 
 MIN_WRITES_RATIO = 0.6
-WRITE_WAYS = (("ws", "`put` over the WebSocket"), ("http", "`PUT /api/reports/{name}`"))
+WRITE_WAYS = (("ws", "put over the WebSocket"), ("http", "PUT /api/reports/{name}"))
 
 
 class Writes(Scenario):
@@ -614,7 +614,7 @@ class Writes(Scenario):
                         ]
                     )
                     if way != "raw":
-                        name = f"{backend}, {label.strip('`')}, {n} writer(s): vs raw driver"
+                        name = f"{backend}, {label}, {n} writer(s): vs raw driver"
                         checks.append(Check(name, value, ">=", MIN_WRITES_RATIO, "x"))
         checks.append(Check("acknowledged writes missing afterwards", missing_total, "<=", 0))
         lines = [
