@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--big-reports", type=int, default=1_000_000, help="reports in the big DB")
     sizes.add_argument("--bulk-reports", type=int, default=100_000, help="reports seed.py adds")
     sizes.add_argument("--puts", type=int, default=2000, help="puts one after another (puts)")
+    sizes.add_argument(
+        "--writers", type=int_list, default="1,16", help="concurrent writers (writes)"
+    )
     sizes.add_argument("--idle-connections", type=int, default=10_000)
     sizes.add_argument(
         "--idle-targets",

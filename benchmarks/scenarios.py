@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import abc
 import argparse
+import asyncio
 import json
 import re
 import selectors
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from benchmarks import ROOT, TOKEN
-from benchmarks.databases import migrated, seed_py, sqlite_url
+from benchmarks.databases import drop_postgres, migrated, postgres, seed_py, sqlite_url
 from benchmarks.procs import BenchError, Proc, Processes, log, pinned, python, rss_kib, run_checked
 from benchmarks.report import Check, Section, divide, median, num, percent, ratio, table
 from benchmarks.targets import (
@@ -33,6 +34,7 @@ from benchmarks.targets import (
     service,
     start_server,
 )
+from benchmarks.writes import missing
 
 # The issue's targets: against the tutorial (by connection count), against the bare echo.
 MIN_THROUGHPUT_RATIO = {1: 1.05, 64: 1.5}
@@ -526,6 +528,139 @@ class Puts(Scenario):
         return Section(self.key, self.title, lines, [], {"count": count, "runs": figures})
 
 
+# -- concurrent writes ----------------------------------------------------------------------
+
+MIN_WRITES_RATIO = 0.6
+WRITE_WAYS = (("ws", "put over the WebSocket"), ("http", "PUT /api/reports/{name}"))
+
+
+class Writes(Scenario):
+    """Writes/s and p99 of `put` over the WebSocket and `PUT /api/reports/{name}`, with 1 and
+    with 16 writers, against the raw driver running the same transaction in a tight loop;
+    then a check that every acknowledged write is in the database."""
+
+    key = "writes"
+    title = "Writes: put and PUT against the raw driver"
+
+    def run(self, ctx: Context) -> Section:
+        databases = {
+            "SQLite": migrated(
+                ctx.env, sqlite_url(ctx.work_dir / "writes.db"), tutorial=False, token=False
+            )
+        }
+        if ctx.args.postgres_url:
+            name = f"{ctx.args.postgres_database}_writes"
+            databases["PostgreSQL"] = postgres(ctx.env, ctx.args.postgres_url, name)
+        try:
+            return self.measure(ctx, databases)
+        finally:
+            if ctx.args.postgres_url:
+                drop_postgres(ctx.args.postgres_url, f"{ctx.args.postgres_database}_writes")
+
+    def measure(self, ctx: Context, databases: dict[str, str]) -> Section:
+        writers = ctx.args.writers
+        runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        missing_total = 0
+        for backend, url in databases.items():
+            seed_py(
+                ctx.env, url, "token", "create", "bench-writer", "--value", PUT_TOKEN, "--write"
+            )
+            target = service(f"writes-{backend.lower()}", f"service, {backend}", url, 4)
+            server = ctx.start(target)
+            http_url = f"http://127.0.0.1:{server.port}"
+            for repeat in range(1, ctx.args.repeats + 1):
+                for way in ("raw", "ws", "http"):
+                    for n in writers:
+                        where = {
+                            "raw": ["--database-url", url],
+                            "ws": ["--url", server.url],
+                            "http": ["--url", http_url],
+                        }[way]
+                        command = python(
+                            "-m",
+                            "benchmarks.writes",
+                            way,
+                            *where,
+                            "--token",
+                            PUT_TOKEN,
+                            *("--writers", str(n), "--duration", str(ctx.args.duration)),
+                            *("--prefix", f"{way}{n}r{repeat}-"),
+                        )
+                        what = f"writes, {backend}, {way} x{n}"
+                        result = run_checked(
+                            pinned(command, ctx.client_cpu), env=ctx.env, timeout=120, what=what
+                        )
+                        data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+                        if data["errors"]:
+                            raise BenchError(f"{what}: {data['errors'][0]}")
+                        lost = asyncio.run(missing(url, data.pop("acked")))
+                        missing_total += lost
+                        rate = data["writes"] / data["seconds"]
+                        runs[f"{backend}/{way}/{n}"].append({**data, "rate": rate, "missing": lost})
+                        log(f"[{repeat}/{ctx.args.repeats}] {what}: {rate:,.0f}/s, {lost} missing")
+            if not server.proc.alive():
+                raise BenchError(f"{server.proc.name} died:\n{server.proc.tail()}")
+        rows, checks = [], []
+        for backend in databases:
+
+            def rate(way: str, n: int, backend: str = backend) -> float:
+                return median([r["rate"] for r in runs[f"{backend}/{way}/{n}"]])
+
+            for n in writers:
+                # NOTE: the limit for n writers is the raw driver's best at up to n: SQLite
+                #   serialises writers, so threads contending for its lock only lose to one.
+                limit = max(rate("raw", m) for m in writers if m <= n)
+                for way, label in (("raw", "raw driver, same transaction"), *WRITE_WAYS):
+                    found = runs[f"{backend}/{way}/{n}"]
+                    ms = [v for r in found for v in r["ms"]]
+                    value = divide(rate(way, n), limit)
+                    spread = [r["rate"] for r in found]
+                    rows.append(
+                        [
+                            backend,
+                            label,
+                            str(n),
+                            num(rate(way, n)),
+                            f"{num(min(spread))}-{num(max(spread))}",
+                            num(percentile(ms, 50), 2),
+                            num(percentile(ms, 99), 2),
+                            ratio(value),
+                            str(sum(r["missing"] for r in found)),
+                        ]
+                    )
+                    if way != "raw":
+                        name = f"{backend}, {label}, {n} writer(s): vs raw driver"
+                        checks.append(Check(name, value, ">=", MIN_WRITES_RATIO, "x"))
+        checks.append(Check("acknowledged writes missing afterwards", missing_total, "<=", 0))
+        lines = [
+            f"Each figure the median of {ctx.args.repeats} runs of {ctx.args.duration:g} s; the "
+            "range is the lowest and highest run, p50/p99 over every write of all runs. Every "
+            "write adds a report of its own name, a commit each (SQLite synchronous=FULL, the "
+            "default). The raw driver (`benchmarks/writes.py raw`, sqlite3 or asyncpg) runs the "
+            "service's transaction (latest version, report upsert, changelog row; on PostgreSQL "
+            "the advisory lock and NOTIFY too) in a tight loop in the client process: no "
+            "SQLAlchemy, no protocol, no socket to a server. Its best rate at up to n writers "
+            "is the limit for n. 'missing': acknowledged writes not found in the database "
+            "afterwards.",
+            "",
+            *table(
+                [
+                    "database",
+                    "writes by",
+                    "writers",
+                    "writes/s",
+                    "range",
+                    "p50 ms",
+                    "p99 ms",
+                    "vs raw",
+                    "missing",
+                ],
+                rows,
+            ),
+        ]
+        return Section(self.key, self.title, lines, checks, {"runs": runs})
+
+
 # -- change feed -----------------------------------------------------------------------------
 
 MAX_PUSH_P99_MS = 50.0
@@ -843,6 +978,7 @@ def summarise_profile(raw: str, top: int = 25) -> dict[str, Any]:
 SCENARIOS: list[type[Scenario]] = [
     BulkWrites,
     Puts,
+    Writes,
     RoundTrips,
     IdleCapacity,
     ChangeFeed,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+import weakref
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
-from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 # NOTE: connections of an engine made with this option start their transactions with
@@ -21,6 +22,18 @@ SYNCHRONOUS = ("FULL", "NORMAL")
 #   pages (400 KB) keeps the WAL small; after one, a WAL a large transaction grew is cut back.
 WAL_AUTOCHECKPOINT_PAGES = 100
 JOURNAL_SIZE_LIMIT = 1 << 20
+
+
+class SQLiteWriter(NamedTuple):
+    """A synchronous engine on a SQLite file, and the busy timeout its connections have."""
+
+    engine: Engine
+    busy_timeout: float
+
+
+# NOTE: the synchronous engine make_engine makes beside an async one on a SQLite file, for
+#   the repository's writes (see sqlite_writer); keyed by the async engine's sync_engine.
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, SQLiteWriter] = weakref.WeakKeyDictionary()
 
 
 class DatabaseURLError(ValueError):
@@ -62,7 +75,18 @@ def make_engine(
         if synchronous.upper() not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         engine = create_async_engine(parsed, connect_args={"timeout": busy_timeout}, **kwargs)
-        _sqlite_recipe(engine, busy_timeout, synchronous.upper())
+        _sqlite_recipe(engine.sync_engine, busy_timeout, synchronous.upper())
+        if sqlite_path(parsed) is not None:
+            # NOTE: one connection: the repository uses it from one thread of its own.
+            writer = create_engine(
+                parsed.set(drivername="sqlite"),
+                connect_args={"timeout": busy_timeout, "check_same_thread": False},
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=pool_timeout,
+            )
+            _sqlite_recipe(writer, busy_timeout, synchronous.upper())
+            _SQLITE_WRITERS[engine.sync_engine] = SQLiteWriter(writer, busy_timeout)
         return engine
     if backend == "postgresql":
         if driver != "asyncpg":
@@ -78,10 +102,16 @@ def make_engine(
     raise DatabaseURLError(f"unsupported database {parsed.drivername!r}: use SQLite or PostgreSQL")
 
 
-def _sqlite_recipe(engine: AsyncEngine, busy_timeout: float, synchronous: str) -> None:
+def sqlite_writer(engine: AsyncEngine) -> SQLiteWriter | None:
+    """The synchronous engine (sqlite3, same file and settings) that make_engine made beside
+    ``engine``, or None (PostgreSQL, SQLite in memory, an engine made elsewhere)."""
+    return _SQLITE_WRITERS.get(engine.sync_engine)
+
+
+def _sqlite_recipe(engine: Engine, busy_timeout: float, synchronous: str) -> None:
     # NOTE: SQLAlchemy's documented recipe for SQLite transactions: switch off the driver's own
     #   implicit BEGIN and emit ours, so that writers can use BEGIN IMMEDIATE.
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -93,7 +123,7 @@ def _sqlite_recipe(engine: AsyncEngine, busy_timeout: float, synchronous: str) -
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def on_begin(conn: Any) -> None:
         conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
 

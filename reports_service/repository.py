@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import json
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
@@ -19,16 +22,16 @@ from sqlalchemy import (
     exc,
     func,
     insert,
-    literal,
     or_,
     select,
     text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .db import WRITE_OPTIONS, is_busy, make_engine
+from .db import WRITE_OPTIONS, is_busy, make_engine, sqlite_writer
 from .errors import (
     DatabaseUnavailable,
     DuplicateReports,
@@ -86,6 +89,34 @@ _UPDATE_REPORT = (
 )
 _LATEST_VERSION = select(func.coalesce(func.max(changelog.c.version), 0))
 _WRITE_LOCK_KEY = 0x7265706F72747300  # "reports\0": the advisory lock all writers take
+# NOTE: the statements of a write are built once: building one and its cache key each time
+#   cost more than running it on SQLite (about 0.5 ms of a put's 1 ms of CPU).
+_LOCK_WRITERS = select(func.pg_advisory_xact_lock(_WRITE_LOCK_KEY))
+_ADD_REPORTS = insert(reports)
+_ADD_REPORT_RETURNING = insert(reports).returning(*_REPORT_COLUMNS)
+_UPDATE_REPORT_RETURNING = _UPDATE_REPORT.returning(*_REPORT_COLUMNS)
+_REMOVE_REPORT = delete(reports).where(reports.c.name == bindparam("name"))
+_APPEND_CHANGES = insert(changelog)
+_LOG_WRITTEN = insert(changelog).from_select(
+    ["version", "op", "name", "title", "content", "created_at", "updated_at", "changed_at"],
+    select(
+        reports.c.version,
+        case((reports.c.created_at == reports.c.updated_at, "added"), else_="updated"),
+        reports.c.name,
+        reports.c.title,
+        reports.c.content,
+        reports.c.created_at,
+        reports.c.updated_at,
+        bindparam("changed_at", type_=UTCDateTime()),
+    ).where(reports.c.version >= bindparam("since")),
+)
+_LATEST_AND_VERSION_OF = select(_LATEST_VERSION.scalar_subquery(), _VERSION_OF.scalar_subquery())
+_PRUNE_CHANGES = delete(changelog).where(changelog.c.version <= bindparam("upto"))
+# NOTE: one round trip for both on PostgreSQL: a DELETE in WITH runs whether read or not.
+_PRUNE_AND_NOTIFY = text(
+    "WITH pruned AS (DELETE FROM report_changes WHERE version <= :upto) "
+    "SELECT pg_notify(:channel, :latest)"
+)
 # NOTE: SQLite allows 32766 bound parameters per statement, PostgreSQL 32767; stay below.
 _CHUNK = 10_000
 
@@ -146,6 +177,19 @@ class ReportRepository:
         # NOTE: writes go through an engine whose transactions start with BEGIN IMMEDIATE on
         #   SQLite; other backends ignore the option.
         self._writer = engine.execution_options(**WRITE_OPTIONS)
+        # NOTE: on a SQLite file, the writes of the reports run in one thread of their own on
+        #   a synchronous engine: a transaction is one hop there and back. Through aiosqlite
+        #   each statement, fetch and commit is a hop to its thread (about 26 for a `put`).
+        #   One thread also queues this process's writers instead of having them wait on
+        #   SQLite's lock, which they would take in turn anyway.
+        sync_writer = sqlite_writer(engine)
+        self._sync_writer = None
+        self._busy_timeout = 0.0
+        if sync_writer is not None:
+            self._sync_writer = sync_writer.engine.execution_options(**WRITE_OPTIONS)
+            self._busy_timeout = sync_writer.busy_timeout
+        self._busy_ms = 0  # NOTE: the busy timeout the writer thread's connection has now
+        self._writer_thread: ThreadPoolExecutor | None = None
         path = engine.url.database if engine.dialect.name == "sqlite" else None
         self._point_reader: SQLitePointReader | None = None
         if path and path != ":memory:":
@@ -221,16 +265,20 @@ class ReportRepository:
             raise ValueError(f"report name given more than once: {', '.join(repeated[:5])}")
         if not items:
             return []
+
+        def add(conn: Connection) -> set[str]:
+            latest, _ = self._lock_changelog(conn)
+            # NOTE: without replace, a name that exists fails the insert (unique index),
+            #   which rolls everything back; no need to look for them first.
+            existing = set(_created_at(conn, names)) if replace else set()
+            self._write(conn, items, existing, latest)
+            return existing
+
         try:
-            async with self._writer.begin() as conn:
-                latest = await self._lock_changelog(conn)
-                # NOTE: without replace, a name that exists fails the insert (unique index),
-                #   which rolls everything back; no need to look for them first.
-                existing = set(await self._created_at(conn, names)) if replace else set()
-                await self._write(conn, items, existing, latest)
+            existing = await self._transaction(add)
         except exc.IntegrityError as error:
             async with self.engine.connect() as conn:
-                taken = sorted(await self._created_at(conn, names))
+                taken = sorted(await conn.run_sync(_created_at, names))
             if not taken:
                 raise
             raise DuplicateReports(taken) from error
@@ -245,17 +293,60 @@ class ReportRepository:
         With ``if_version``, only if the report is at that version now (0: only if there is
         none); else VersionConflict, and nothing is written.
         """
-        async with self._writer.begin() as conn:
-            latest = await self._lock_changelog(conn)
-            current = (await conn.execute(_VERSION_OF, {"name": item.name})).scalar()
+
+        def put(conn: Connection) -> tuple[ReportRecord, bool]:
+            latest, current = self._lock_changelog(conn, item.name)
             if if_version is not None and if_version != (current or 0):
                 raise VersionConflict(item.name, current)
-            await self._write(conn, [item], set() if current is None else {item.name}, latest)
-            stored = (await conn.execute(_GET_REPORT, {"name": item.name})).one()
-        return _to_report(stored), current is None
+            # NOTE: as _write does for one item, the stored row read back by RETURNING.
+            now, version = utcnow(), latest + 1
+            row = {"name": item.name, "title": item.title, "content": item.content}
+            if current is None:
+                values = {**row, "version": version, "created_at": now, "updated_at": now}
+                stored = conn.execute(_ADD_REPORT_RETURNING, values).one()
+            else:
+                values = {**_prefixed(row), "b_version": version, "b_updated_at": now}
+                stored = conn.execute(_UPDATE_REPORT_RETURNING, values).one()
+            self._log_written(conn, version, version, now)
+            return _to_report(stored), current is None
 
-    async def _write(
-        self, conn: AsyncConnection, items: Sequence[NewReport], existing: set[str], latest: int
+        return await self._transaction(put)
+
+    async def _transaction(self, body: Callable[[Connection], T]) -> T:
+        """``body`` run in one write transaction, committed if it returns."""
+        if self._sync_writer is None:
+            # NOTE: PostgreSQL (or SQLite in memory): the body runs in a greenlet, each
+            #   statement awaited on asyncpg's connection in the loop, without a thread.
+            async with self._writer.begin() as conn:
+                return await conn.run_sync(body)
+        if self._writer_thread is None:
+            self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        loop = asyncio.get_running_loop()
+        asked = time.monotonic()
+        return await loop.run_in_executor(self._writer_thread, self._in_writer_thread, body, asked)
+
+    def _in_writer_thread(self, body: Callable[[Connection], T], asked: float) -> T:
+        """Run ``body`` in a transaction; it waits for SQLite's lock only for what remains of
+        the busy timeout since the write was ``asked`` (it may have queued behind others)."""
+        assert self._sync_writer is not None
+        remaining = self._busy_timeout - (time.monotonic() - asked)
+        if remaining <= 0:
+            raise sqlite3.OperationalError("database is locked")
+        # NOTE: the whole timeout unless the write queued noticeably; the pragma only when the
+        #   timeout changes, so the usual write runs no more statements than before.
+        queued = remaining < self._busy_timeout - 0.01
+        busy_ms = max(1, int((remaining if queued else self._busy_timeout) * 1000))
+        with self._sync_writer.connect() as conn:
+            if busy_ms != self._busy_ms:
+                driver = conn.connection.driver_connection
+                assert driver is not None
+                driver.execute(f"PRAGMA busy_timeout={busy_ms}")
+                self._busy_ms = busy_ms
+            with conn.begin():
+                return body(conn)
+
+    def _write(
+        self, conn: Connection, items: Sequence[NewReport], existing: set[str], latest: int
     ) -> None:
         """Insert ``items`` (update those in ``existing``) at the versions after ``latest``."""
         now = utcnow()
@@ -265,35 +356,21 @@ class ReportRepository:
             row = {"name": item.name, "title": item.title, "content": item.content}
             (updated if item.name in existing else added).append({**row, "version": version})
         if added:
-            stamp = literal(now, UTCDateTime())
-            stamped = insert(reports).values(created_at=stamp, updated_at=stamp)
-            await conn.execute(stamped, added)
+            # NOTE: the same created_at and updated_at: _LOG_WRITTEN tells an addition by it.
+            conn.execute(_ADD_REPORTS, [{**r, "created_at": now, "updated_at": now} for r in added])
         if updated:
             rows = [{**_prefixed(row), "b_updated_at": now} for row in updated]
-            await conn.execute(_UPDATE_REPORT, rows)
-        await self._log_written(conn, latest + 1, latest + len(items), now)
+            conn.execute(_UPDATE_REPORT, rows)
+        self._log_written(conn, latest + 1, latest + len(items), now)
 
-    async def _log_written(
-        self, conn: AsyncConnection, first: int, last: int, now: datetime
-    ) -> None:
+    def _log_written(self, conn: Connection, first: int, last: int, now: datetime) -> None:
         """Log the reports just written at versions first..last, copied by the database.
 
         Versions the retention would prune at once are not logged at all.
         """
-        columns = ("version", "op", "name", "title", "content", "created_at", "updated_at")
-        op = case((reports.c.created_at == reports.c.updated_at, "added"), else_="updated")
-        rows = select(
-            reports.c.version,
-            op,
-            reports.c.name,
-            reports.c.title,
-            reports.c.content,
-            reports.c.created_at,
-            reports.c.updated_at,
-            literal(now, UTCDateTime()),
-        ).where(reports.c.version >= max(first, last - self.retention + 1))
-        await conn.execute(insert(changelog).from_select([*columns, "changed_at"], rows))
-        await self._after_changes(conn, last)
+        since = max(first, last - self.retention + 1)
+        conn.execute(_LOG_WRITTEN, {"since": since, "changed_at": now})
+        self._after_changes(conn, last)
 
     @_translate_errors
     async def remove_report(self, *, name: str, if_version: int | None = None) -> int | None:
@@ -303,45 +380,47 @@ class ReportRepository:
         """
         if "\x00" in name:  # NOTE: never stored (see NewReport); PostgreSQL rejects it in text
             return None
-        async with self._writer.begin() as conn:
-            version = await self._lock_changelog(conn) + 1
-            row = (await conn.execute(_GET_REPORT, {"name": name})).first()
+
+        def remove(conn: Connection) -> int | None:
+            version = self._lock_changelog(conn)[0] + 1
+            row = conn.execute(_GET_REPORT, {"name": name}).first()
             if row is None:
                 return None
             if if_version is not None and if_version != row.version:
                 raise VersionConflict(name, row.version)
-            await conn.execute(delete(reports).where(reports.c.name == name))
+            conn.execute(_REMOVE_REPORT, {"name": name})
             change = {**row._asdict(), "version": version, "op": "removed"}
-            await self._append_changes(conn, [{**change, "changed_at": utcnow()}])
-        return version
+            self._append_changes(conn, [{**change, "changed_at": utcnow()}])
+            return version
 
-    async def _lock_changelog(self, conn: AsyncConnection) -> int:
-        """Serialise writers and return the latest version: versions follow commit order."""
+        return await self._transaction(remove)
+
+    def _lock_changelog(self, conn: Connection, name: str | None = None) -> tuple[int, int | None]:
+        """Serialise writers and return the latest version (versions follow commit order), and
+        the version of report ``name`` if given (None when there is none)."""
         # NOTE: SQLite's BEGIN IMMEDIATE already holds the database's write lock. On
         #   PostgreSQL, without this lock a change could commit after a later version had been
         #   read by a subscriber, which would then never see it.
         if conn.dialect.name == "postgresql":
-            await conn.execute(select(func.pg_advisory_xact_lock(_WRITE_LOCK_KEY)))
-        return int((await conn.execute(_LATEST_VERSION)).scalar_one())
+            conn.execute(_LOCK_WRITERS)
+        if name is None:
+            return int(conn.execute(_LATEST_VERSION).scalar_one()), None
+        latest, current = conn.execute(_LATEST_AND_VERSION_OF, {"name": name}).one()
+        return int(latest), current
 
-    async def _append_changes(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-        await conn.execute(insert(changelog), rows)
-        await self._after_changes(conn, rows[-1]["version"])
+    def _append_changes(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        conn.execute(_APPEND_CHANGES, rows)
+        self._after_changes(conn, rows[-1]["version"])
 
-    async def _after_changes(self, conn: AsyncConnection, latest: int) -> None:
-        await conn.execute(delete(changelog).where(changelog.c.version <= latest - self.retention))
+    def _after_changes(self, conn: Connection, latest: int) -> None:
+        upto = latest - self.retention
         if conn.dialect.name == "postgresql":
             # NOTE: delivered on commit, to every server's listener (watch.PostgresWatcher).
-            await conn.execute(select(func.pg_notify(CHANNEL, str(latest))))
-
-    async def _created_at(self, conn: AsyncConnection, names: Sequence[str]) -> dict[str, Any]:
-        """Creation times of the reports among ``names`` that exist."""
-        found: dict[str, Any] = {}
-        for start in range(0, len(names), _CHUNK):
-            chunk = names[start : start + _CHUNK]
-            stmt = select(reports.c.name, reports.c.created_at).where(reports.c.name.in_(chunk))
-            found.update((row.name, row.created_at) for row in await conn.execute(stmt))
-        return found
+            conn.execute(
+                _PRUNE_AND_NOTIFY, {"upto": upto, "channel": CHANNEL, "latest": str(latest)}
+            )
+        else:
+            conn.execute(_PRUNE_CHANGES, {"upto": upto})
 
     # -- changelog -------------------------------------------------------------------------
 
@@ -508,7 +587,25 @@ class ReportRepository:
     async def dispose(self) -> None:
         if self._point_reader is not None:
             self._point_reader.close()
+        if self._sync_writer is not None:
+            if self._writer_thread is not None:
+                # NOTE: the writer thread's connection is closed in that thread.
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._writer_thread, self._sync_writer.engine.dispose)
+                self._writer_thread.shutdown()
+                self._writer_thread = None
+            self._sync_writer.engine.dispose()
         await self.engine.dispose()
+
+
+def _created_at(conn: Connection, names: Sequence[str]) -> dict[str, Any]:
+    """Creation times of the reports among ``names`` that exist."""
+    found: dict[str, Any] = {}
+    for start in range(0, len(names), _CHUNK):
+        chunk = names[start : start + _CHUNK]
+        stmt = select(reports.c.name, reports.c.created_at).where(reports.c.name.in_(chunk))
+        found.update((row.name, row.created_at) for row in conn.execute(stmt))
+    return found
 
 
 class RepositorySettings(Protocol):

@@ -511,6 +511,8 @@ async def test_sqlite_file_unreadable(
         clients += spare
         # NOTE: and a point read made, so the point reader has its connection open too.
         assert (await call(reader, {"id": 0, "type": "get", "name": "report1"}))["result"]
+        readers = [await connect(first) for _ in range(8)]
+        clients += readers
         os.chmod(path, 0)
         try:
             # Open connections keep the file open: the running server goes on serving.
@@ -520,9 +522,9 @@ async def test_sqlite_file_unreadable(
             assert put["result"]["version"] == 6
             assert (await next_event(watcher))["version"] == 6
 
-            # A new connection cannot open the file: make the server need one, by keeping its
-            # idle pooled connections busy with puts that wait for a write lock. It cannot open
-            # more now, so there are fewer than it holds descriptors on the file.
+            # A new connection cannot open the file: make the server need one, by asking for
+            # more lists and searches at once than it has pooled connections open (fewer than
+            # it holds descriptors on the file), while puts wait for a write lock.
             held = open_descriptors(first.process.pid, path)
             assert held <= len(spare)
             blockers = spare[:held]
@@ -532,17 +534,17 @@ async def test_sqlite_file_unreadable(
                 for n, ws in enumerate(blockers):
                     await ws.send(json.dumps({"id": n, "type": "put", "name": "x", "title": "X"}))
 
-                async def search_refused() -> bool:
-                    search = await call(reader, {"id": 5, "type": "search", "q": "report3"})
-                    assert "result" in search or search["error"] == UNAVAILABLE, search
-                    return "error" in search
+                async def refused(request: dict[str, Any]) -> bool:
+                    replies = await asyncio.gather(*(call(ws, request) for ws in readers))
+                    for reply in replies:
+                        assert "result" in reply or reply["error"] == UNAVAILABLE, reply
+                    return any("error" in reply for reply in replies)
 
                 # NOTE: a get (or a plain query) on SQLite is answered by the point reader's own
-                #   connection, opened before the outage and kept; list and search need a new
-                #   pooled one, once the puts hold those there are (until then, they get one).
-                await eventually(search_refused, within=2)
-                listed = await call(reader, {"id": 7, "type": "list"})
-                assert listed["error"] == UNAVAILABLE
+                #   connection, opened before the outage and kept; list and search use a pooled
+                #   one, and need a new one when more are asked for at once than the pool holds.
+                await eventually(lambda: refused({"id": 5, "type": "search", "q": "report3"}))
+                await eventually(lambda: refused({"id": 7, "type": "list"}))
                 assert "unable to open database file" in first.log()  # the reason
                 assert (await call(reader, {"id": 6, "type": "ping"}))["result"]["pong"] is True
                 for ws in blockers:
