@@ -112,6 +112,7 @@ class SQLiteWatcher:
             return
         self._watch, self._names = watch, {name, f"{name}-wal", f"{name}-journal"}
         asyncio.get_running_loop().add_reader(watch.fd, self._on_written)
+        logger.info("woken by writes to the database's files in %s (inotify)", directory)
 
     def _on_written(self) -> None:
         assert self._watch is not None
@@ -149,8 +150,8 @@ class SQLiteWatcher:
             self._conn.close()
             self._conn = None
             raise DatabaseUnavailable.from_error(error) from error
-        changed, self._last = value != self._last, value
-        if changed:
+        first, changed, self._last = self._last is None, value != self._last, value
+        if changed and not first:
             self._active_at = time.monotonic()  # NOTE: more may follow (one write, two commits)
         return bool(changed)
 
