@@ -62,8 +62,9 @@ class SQLiteWatcher:
     With inotify, the loop watches the database's directory: a commit writes the WAL, which
     wakes the feed. NOTE: the write comes before the commit is visible (the writer then syncs
     and publishes it in the shared-memory index, which inotify does not see), so after each
-    write the feed asks again 0.5, 1, 2, 4 ... ms later, for about a second, then only every
-    SAFETY_INTERVAL: nothing at all while idle, and every commit seen within a few ms.
+    write the feed asks again 0.5, 1, 1.5, 2.25 ... ms later (each time 1.5 times as long after
+    the write), for about a second, then only every SAFETY_INTERVAL: nothing at all while
+    idle, and a commit seen at most half its writer's sync time after it became visible.
     """
 
     SETTLE_FIRST = 0.0005
@@ -136,7 +137,7 @@ class SQLiteWatcher:
             return interval
         since = time.monotonic() - self._active_at
         if since < self.SETTLE:
-            return max(self.SETTLE_FIRST, since)  # NOTE: each wait as long as all before it
+            return max(self.SETTLE_FIRST, since / 2)  # NOTE: each wait half as long as all before
         return self.SAFETY_INTERVAL
 
     def changed(self) -> bool:
