@@ -1,9 +1,12 @@
-"""Commit-to-push latency: SUBSCRIBERS connections subscribe, this process commits CHANGES.
+"""Commit-to-push latency: SUBSCRIBERS connections subscribe, and CHANGES are committed.
 
-Each change is committed through the service's own repository (a separate process from the
-server, as the seed script would be); the figure per change is the time from the commit
-returning to its push arriving, at one subscriber (the first to get it) and at all of them
-(the last). Prints one JSON object on its last line.
+By default each change is committed by this process through the service's own repository (a
+separate process from the server, as the seed script would be); the figure per change is the
+time from the commit returning to its push arriving, at one subscriber (the first to get it)
+and at all of them (the last). With ``--write-token`` the server commits them itself: a `put`
+over another connection, and the figure is from the put's reply arriving (the writer's
+acknowledgement; the commit came just before it) to the push arriving; negative when the push
+came first. Prints one JSON object on its last line.
 """
 
 from __future__ import annotations
@@ -60,12 +63,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     seen = Arrivals(len(clients))
     readers = [asyncio.create_task(seen.read(ws)) for ws in clients]
     repository = repository_for(Settings(database_url=args.database_url))
+    writer = None
+    if args.write_token:
+        writer = await websockets.connect(args.url, ping_interval=None)
+        await writer.send(args.write_token)
     first: list[float] = []
     last: list[float] = []
     try:
         for n in range(args.changes):
             report = NewReport(f"feed-{n % 10}", f"Feed {n}", "x")
-            await repository.add_reports([report], replace=True)
+            if writer is not None:
+                await put(writer, n, report)
+            else:
+                await repository.add_reports([report], replace=True)
             committed = time.perf_counter()
             version = (await repository.changelog_bounds())[1]
             try:
@@ -81,6 +91,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(args.pause)
     finally:
         await repository.dispose()
+        if writer is not None:
+            await writer.close()
         for task in readers:
             task.cancel()
         for ws in clients:
@@ -93,6 +105,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def put(writer: ClientConnection, n: int, report: NewReport) -> None:
+    """One `put` over ``writer``; returns when its reply has arrived."""
+    request = {"id": n, "type": "put", "name": report.name, "title": report.title}
+    await writer.send(json.dumps({**request, "content": report.content}))
+    reply = json.loads(await writer.recv())
+    if "result" not in reply:
+        raise SystemExit(f"put failed: {reply}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.feedlat", description=__doc__)
     parser.add_argument("--url", required=True, help="ws://127.0.0.1:PORT/reports")
@@ -101,6 +122,7 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1)
     parser.add_argument("--changes", type=int, default=100)
     parser.add_argument("--pause", type=float, default=0.01, help="seconds between changes")
+    parser.add_argument("--write-token", help="commit with `put`s through the server itself")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 65536)), hard))

@@ -179,11 +179,17 @@ def queries(expect: str, names: int, seed: int) -> list[bytes]:
 
 async def open_client(args: argparse.Namespace, run: Run, offset: int) -> Client:
     """Connect, authenticate and check the first reply exactly."""
+    # NOTE: with --sources N, from 127.0.0.2 .. 127.0.0.N+1 in turn: each source address has
+    #   its own ~28,000 ephemeral ports towards the server's one.
+    source: dict[str, Any] = {}
+    if args.sources:
+        source["local_addr"] = (f"127.0.0.{2 + offset % args.sources}", 0)
     transport, listener = await ws_connect(
         lambda: Client(run, offset),
         args.url,
         websocket_handshake_timeout=args.connect_timeout,
         enable_auto_pong=True,
+        **source,
     )
     client = listener
     assert isinstance(client, Client)
@@ -403,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hold", type=float, default=120.0, help="idle: longest wait on stdin")
     parser.add_argument("--concurrency", type=int, default=64, help="connections opened at once")
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="per connection")
+    parser.add_argument(
+        "--sources", type=int, default=0, help="spread over this many source addresses (max 250)"
+    )
     parser.add_argument("--connect-budget", type=float, default=120.0, help="for all of them")
     parser.add_argument("--drain-timeout", type=float, default=5.0)
     parser.add_argument("--allow-failures", action="store_true", help="idle: count, go on")

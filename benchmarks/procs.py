@@ -77,6 +77,21 @@ def rss_kib(pid: int) -> int:
     raise BenchError(f"no VmRSS for process {pid}")
 
 
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of process ``pid`` (all its threads), in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # NOTE: after the ")" that ends the command name, utime and stime are fields 12 and 13.
+    return int(fields[11]) + int(fields[12])
+
+
+def cpu_share(pid: int, seconds: float) -> tuple[float, int]:
+    """The share of one core that ``pid`` used over the next ``seconds``, and its ticks."""
+    before, started = cpu_ticks(pid), time.monotonic()
+    time.sleep(seconds)
+    ticks, elapsed = cpu_ticks(pid) - before, time.monotonic() - started
+    return ticks / os.sysconf("SC_CLK_TCK") / elapsed, ticks
+
+
 class Proc:
     """One subprocess with its output in a log file."""
 

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sizes.add_argument("--idle-connections", type=int, default=10_000)
     sizes.add_argument(
+        "--idle-seconds", type=float, default=60.0, help="idle: CPU measured over this long"
+    )
+    sizes.add_argument(
         "--idle-targets",
         type=str_list,
         default=f"{SQLITE},{BASELINE},{BARE}",
@@ -155,6 +158,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise BenchError("--connections must be counts in 1..5000")
     if not 1 <= args.idle_connections <= 50_000:
         raise BenchError("--idle-connections must be in 1..50000")
+    if not 1 <= args.idle_seconds <= 600:
+        raise BenchError("--idle-seconds must be in 1..600")
     if not 1 <= args.big_reports <= 10_000_000 or not 1 <= args.bulk_reports <= 5_000_000:
         raise BenchError("--big-reports or --bulk-reports out of range")
     if not 1 <= args.puts <= 1_000_000:
@@ -173,7 +178,7 @@ def prepare_targets(
     if "profile" in scenarios:
         wanted.add(args.profile_target)
     if "changefeed" in scenarios:
-        wanted.add(SQLITE)
+        wanted |= {SQLITE, POSTGRES}
     targets: dict[str, Target] = {}
     if BARE in wanted:
         targets[BARE] = bare_echo()

@@ -94,7 +94,14 @@ class Settings:
         AT_LEAST_ONE,
     )
     feed_interval: float = setting(
-        0.01, "seconds between checks for changes committed by other processes", POSITIVE
+        0.01,
+        "seconds between checks for changes committed by other processes, when polling",
+        POSITIVE,
+    )
+    feed_wakeup: str = setting(
+        "auto",
+        "auto: the database wakes the change feed (SQLite: inotify, where the OS has it, else "
+        "polling; PostgreSQL: LISTEN); poll: it checks every feed_interval",
     )
     cache_mb: float = setting(
         64.0,
@@ -223,6 +230,8 @@ class Settings:
             raise SettingsError(
                 f"{ENV_PREFIX}SQLITE_SYNCHRONOUS={self.sqlite_synchronous!r}: use FULL or NORMAL"
             )
+        if self.feed_wakeup not in ("auto", "poll"):
+            raise SettingsError(f"{ENV_PREFIX}FEED_WAKEUP={self.feed_wakeup!r}: use auto or poll")
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"{ENV_PREFIX}LOG_FORMAT={self.log_format!r}: use text or json")
 

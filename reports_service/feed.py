@@ -61,7 +61,9 @@ class ChangeFeed:
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()  # NOTE: set by the watcher, by written(), and by stop()
         self._watcher = watcher or watcher_for(repository.engine)
+        self._watcher.wake_with(self._wake.set)
         self._lock = asyncio.Lock()
         self._behind = True  # NOTE: something may be committed that no read started after
         self._catch_ups = 0
@@ -105,9 +107,11 @@ class ChangeFeed:
     def written(self) -> None:
         """This process just committed a change: read the changelog before trusting the cache.
 
-        (Its own PostgreSQL notification may arrive after the writer's reply.)
+        (Its own PostgreSQL notification may arrive after the writer's reply.) The loop is woken
+        too, so this process's subscribers get the change at once.
         """
         self._behind = True
+        self._wake.set()
 
     def _is_behind_this_tick(self) -> bool:
         # NOTE: one check per event-loop iteration serves every query handled in it: their
@@ -172,6 +176,7 @@ class ChangeFeed:
         #   properly; cancelled only if a database call hangs.
         if self._task is not None:
             self._stopping.set()
+            self._wake.set()
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT)
             except TimeoutError:
@@ -181,8 +186,10 @@ class ChangeFeed:
         self._loop = None
 
     async def _run(self) -> None:
+        """Reads whenever woken (see watch.py) or the watcher's pause has passed."""
         failing = False
         while not self._stopping.is_set():
+            self._wake.clear()  # NOTE: before the check: a commit during it wakes the next one
             try:
                 if not self._watcher.connected:
                     await self._watcher.connect()
@@ -197,8 +204,8 @@ class ChangeFeed:
                     logger.warning("change feed paused: %s", error)
                 failing = True
             with contextlib.suppress(TimeoutError):
-                pause = RETRY_INTERVAL if failing else self._interval
-                await asyncio.wait_for(self._stopping.wait(), pause)
+                pause = RETRY_INTERVAL if failing else self._watcher.pause(self._interval)
+                await asyncio.wait_for(self._wake.wait(), pause)
 
     async def catch_up(self) -> None:
         """Apply every change committed so far, once, in order."""

@@ -11,7 +11,7 @@ from reports_service.config import Settings
 from reports_service.feed import ENTRY_OVERHEAD, ChangeFeed
 from reports_service.records import NewReport
 from reports_service.repository import ReportRepository, repository_for
-from reports_service.watch import PostgresWatcher
+from reports_service.watch import PostgresWatcher, watcher_for
 
 from .waiting import eventually
 
@@ -39,9 +39,11 @@ def notified(monkeypatch: pytest.MonkeyPatch) -> set[str]:
 
 
 async def started_feed(repository: ReportRepository, cache_bytes: int) -> ChangeFeed:
-    # NOTE: its own loop checks once at start and then sleeps: queries do every catch-up. A
-    #   yield lets that check begin; a catch-up waits for the one running, and shares it.
-    feed = ChangeFeed(repository, interval=3600, cache_bytes=cache_bytes)
+    # NOTE: its own loop checks once at start and then sleeps (polling, not woken by the
+    #   database): queries do every catch-up. A yield lets that check begin; a catch-up waits
+    #   for the one running, and shares it.
+    watcher = watcher_for(repository.engine, "poll")
+    feed = ChangeFeed(repository, interval=3600, cache_bytes=cache_bytes, watcher=watcher)
     await feed.start()
     await asyncio.sleep(0)
     await feed.catch_up()

@@ -55,7 +55,7 @@ def test_the_parse_sees_imports() -> None:
     assert "resources.connection" in imported_by("resources.route")
 
 
-@pytest.mark.parametrize("module", ["records", "errors", "codes", "tasks"])
+@pytest.mark.parametrize("module", ["records", "errors", "codes", "tasks", "inotify"])
 def test_leaves_import_nothing_of_the_package(module: str) -> None:
     assert imported_by(module) <= {"reports_service"}
 

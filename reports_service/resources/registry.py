@@ -45,6 +45,7 @@ class ConnectionRegistry:
         self._open: set[Member] = set()
         self._per_token: Counter[str] = Counter()
         self._watchdog: asyncio.Task[None] | None = None
+        self._admitted = asyncio.Event()  # NOTE: wakes the watchdog, asleep while none is open
         self._server: object = None  # NOTE: the uvicorn server, to learn when it stops
 
     def full(self) -> bool:
@@ -58,6 +59,7 @@ class ConnectionRegistry:
         if token is not None and self._per_token[token] >= self.max_per_token:
             raise Refused(Close.POLICY_VIOLATION, "too many connections for this token")
         self._open.add(conn)
+        self._admitted.set()
         if token is not None:
             self._per_token[token] += 1
         CONNECTIONS.labels(conn.route).inc()
@@ -80,6 +82,12 @@ class ConnectionRegistry:
     def with_identity(self, kind: Kind, subject: str) -> list[Member]:
         return [c for c in self._open if c.grant.kind == kind and c.grant.subject == subject]
 
+    async def occupied(self) -> None:
+        """Return once a connection is open (at once if one is)."""
+        if not self._open:
+            self._admitted.clear()
+            await self._admitted.wait()
+
     async def start(self) -> None:
         if self._watchdog is None:
             self._watchdog = tasks.spawn(self._watch(), name="connection-watchdog")
@@ -92,20 +100,31 @@ class ConnectionRegistry:
 
     async def _watch(self) -> None:
         limits = [t for t in (self._idle_timeout, self._send_timeout) if t > 0]
-        # NOTE: at most half a second, so an expired token's connection is closed within one
-        #   second of its expiry even when the loop is busy.
-        tick = min(0.5, max(0.05, min(limits, default=1.0) / 4))
+        # NOTE: idle and stuck connections are looked for every quarter of the shorter limit;
+        #   expired tokens every half second at most, so an expired token's connection is
+        #   closed within one second of its expiry even when the loop is busy. That check is
+        #   one comparison per connection: 10,000 idle connections cost little each tick.
+        scan = max(0.05, min(limits, default=1.0) / 4)
+        tick = min(0.5, scan)
+        next_scan = 0.0
         while True:
+            if not self._open:
+                # NOTE: nothing to watch: no timer at all until a connection is admitted.
+                metrics.flush()
+                await self.occupied()
             await asyncio.sleep(tick)
             now, wall = time.monotonic(), time.time()
             if transport.exiting(self._server):
                 self._server = None
                 for conn in list(self._open):
                     conn.server_stopping()
-            for conn in list(self._open):
-                self._check(conn, now)
-                if conn.grant.expires - self._expiry_warning <= wall:
-                    self._check_expiry(conn, wall)
+            if now >= next_scan:
+                next_scan = now + scan
+                for conn in list(self._open):
+                    self._check(conn, now)
+            soon = wall + self._expiry_warning
+            for conn in [c for c in self._open if c.grant.expires <= soon]:
+                self._check_expiry(conn, wall)
             metrics.flush()  # NOTE: housekeeping of the same kind: every worker, every tick
 
     def _check(self, conn: Member, now: float) -> None:
@@ -160,6 +179,7 @@ class TokenGuard:
 
     async def _run(self) -> None:
         while True:
+            await self._registry.occupied()
             await asyncio.sleep(self._interval)
             names, subjects = self._registry.subjects("token"), self._registry.subjects("jwt")
             try:
