@@ -22,12 +22,13 @@ def free_port() -> int:
 class Server:
     """One server process; `url` is its ws:// base, `http` its http:// base."""
 
-    def __init__(self, env: Mapping[str, str], *args: str) -> None:
-        self.port = free_port()
+    def __init__(self, env: Mapping[str, str], *args: str, port: int | None = None) -> None:
+        self.env, self.args = env, args
+        self.port = port or free_port()
         self.http = f"http://127.0.0.1:{self.port}"
         self.url = f"ws://127.0.0.1:{self.port}"
         self.log_path = Path(env.get("TMPDIR", "/tmp")) / f"server-{self.port}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "reports_service", "serve", "--port", str(self.port), *args],
             cwd=ROOT,
@@ -50,6 +51,10 @@ class Server:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"server did not start in {timeout}s:\n{self.log()}")
+
+    def again(self) -> Server:
+        """A new server process on the same port, database and settings (this one stopped)."""
+        return Server(self.env, *self.args, port=self.port)
 
     def log(self) -> str:
         self._log.flush()

@@ -106,3 +106,8 @@ def test_close_codes_are_defined_once() -> None:
             ):
                 found.append(f"{module_name(path)}:{node.lineno}")
     assert found == []
+
+
+def test_the_client_library_imports_only_the_protocol() -> None:
+    """reports_service.client runs in users' programs: nothing of the server side."""
+    assert imported_by("client") <= {"reports_service", "protocol", "codes"}
