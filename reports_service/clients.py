@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Sequence
@@ -21,8 +22,10 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from .client import ClientError, ReportsClient, Resync, Status
 from .codes import Close
 from .pipes import quiet_when_cut
+from .protocol import ReportEvent
 
 DEFAULT_URL = "ws://127.0.0.1:8000"
 INTERRUPTED = 130  # NOTE: 128 + SIGINT, as a shell shows for a command stopped by Ctrl-C
@@ -268,9 +271,119 @@ def echo_main(argv: Sequence[str] | None = None) -> int:
     return run(talk(args.url.rstrip("/") + "/echo", "Enter a message (q to exit): "))
 
 
+# -- reports-client watch -------------------------------------------------------------------
+
+
+def change_line(item: ReportEvent | Resync, as_json: bool) -> str:
+    """One change as ``watch`` prints it: ``v12 updated report1 "Report 1"``, or JSON."""
+    if isinstance(item, Resync):
+        if as_json:
+            return json.dumps({"type": "resync", "version": item.version})
+        return f"v{item.version} resync"
+    if as_json:
+        fields = {"type": item.type, "name": item.report.name, "version": item.version}
+        return json.dumps({**fields, "title": item.report.title})
+    what = item.type.removeprefix("report.")
+    return f"v{item.version} {what} {item.report.name} {json.dumps(item.report.title)}"
+
+
+class Reconnects:
+    """What ``watch`` says on stderr of the connection's changes: the drop and each retry's
+    delay, then ``reconnected``.
+
+    NOTE: the drop's own close (``1012 server restart``) stays in every retry's line, not the
+    refused connection of a failed retry, which says nothing new.
+    """
+
+    def __init__(self) -> None:
+        self.lost = ""
+
+    def __call__(self, status: Status) -> None:
+        if status.state == "reconnecting":
+            if status.code is not None:
+                self.lost = close_words(status.code, status.reason)
+            elif not self.lost:
+                self.lost = status.reason or "cannot connect"
+            delay = f", reconnecting in {status.delay:.1f} s" if status.delay is not None else ""
+            say(f"connection lost ({self.lost}){delay}")
+        elif status.state == "connected" and self.lost:
+            self.lost = ""
+            say("reconnected")
+
+
+async def watch(url: str, token: str, names: list[str], since: int | None, as_json: bool) -> int:
+    """Print every change as one line until stopped (SIGTERM, Ctrl-C: status 0)."""
+    on_status = Reconnects()
+
+    async def consume() -> None:
+        async with ReportsClient(url, token=token, on_status=on_status) as client:
+            async for item in client.changes(names or None, since):
+                if isinstance(item, Resync):
+                    say(
+                        f"resynced at v{item.version}: earlier changes may be missing from this "
+                        "output (the changelog no longer reaches back, or the database changed)"
+                    )
+                print(change_line(item, as_json), flush=True)
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    watching = asyncio.create_task(consume())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([watching, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not watching.done():
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        return 0
+    try:
+        watching.result()
+    except ClientError as error:
+        say(f"reports-client watch: {error}")
+        return 1
+    return 0
+
+
+def _watch_parser() -> argparse.ArgumentParser:
+    parser = _parser(
+        "reports-client watch",
+        "Print every change to the reports, one line each, as it happens; after a dropped "
+        "connection, connect again and go on from the last change printed.",
+        with_token=True,
+    )
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help="only these reports (default: all)"
+    )
+    parser.add_argument(
+        "--since", type=int, metavar="N", help="first the changes after version N, then live ones"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    return parser
+
+
+def watch_main(argv: Sequence[str]) -> int:
+    parser = _watch_parser()
+    args = parser.parse_args(argv)
+    if not args.token:
+        parser.error("an access token is needed: --token or REPORTS_TOKEN")
+    if args.since is not None and args.since < 0:
+        parser.error(f"--since {args.since}: must be at least 0")
+    if not args.url.startswith(("ws://", "wss://")):
+        parser.error(f"--url {args.url}: must start with ws:// or wss://")
+    try:
+        return asyncio.run(watch(args.url, args.token, args.names, args.since, args.json))
+    except KeyboardInterrupt:
+        return 0
+
+
 @quiet_when_cut
 def reports_main(argv: Sequence[str] | None = None) -> int:
+    """The prompt; `reports-client watch ...` for the change printer."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["watch"]:
+        return watch_main(argv[1:])
     parser = _parser("reports-client", "Ask /reports for reports by name.", with_token=True)
+    parser.epilog = "reports-client watch [NAME ...] prints every change as it happens (--help)."
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("an access token is needed: --token or REPORTS_TOKEN")
