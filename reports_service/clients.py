@@ -258,11 +258,19 @@ async def talk(
 
 
 def run(command: Coroutine[Any, Any, int]) -> int:
-    """``asyncio.run`` of a command; Ctrl-C ends it quietly."""
+    """``asyncio.run`` of a prompt; Ctrl-C ends it quietly."""
     try:
-        return asyncio.run(command)
+        status = asyncio.run(command)
     except KeyboardInterrupt:
-        return INTERRUPTED
+        status = INTERRUPTED
+    if any(thread.name == "prompt" and thread.is_alive() for thread in threading.enumerate()):
+        # NOTE: stopped while ``input`` waits (Ctrl-C, a 1008): that thread holds stdin's lock,
+        #   and the interpreter's shutdown would abort on it ("could not acquire lock").
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(status)
+    return status
 
 
 @quiet_when_cut
@@ -297,18 +305,23 @@ class Reconnects:
 
     def __init__(self) -> None:
         self.lost = ""
+        self.connected = False
 
     def __call__(self, status: Status) -> None:
-        if status.state == "reconnecting":
+        if status.state == "connected":
+            if self.lost:
+                say("reconnected")
+            self.lost, self.connected = "", True
+        elif status.state != "reconnecting":
+            return
+        elif not self.connected:  # NOTE: not there yet at the start
+            say(f"{status.reason or 'cannot connect'}, trying again in {status.delay or 0:.1f} s")
+        else:
             if status.code is not None:
                 self.lost = close_words(status.code, status.reason)
             elif not self.lost:
                 self.lost = status.reason or "cannot connect"
-            delay = f", reconnecting in {status.delay:.1f} s" if status.delay is not None else ""
-            say(f"connection lost ({self.lost}){delay}")
-        elif status.state == "connected" and self.lost:
-            self.lost = ""
-            say("reconnected")
+            say(f"connection lost ({self.lost}), reconnecting in {status.delay or 0:.1f} s")
 
 
 async def watch(url: str, token: str, names: list[str], since: int | None, as_json: bool) -> int:

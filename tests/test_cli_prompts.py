@@ -17,7 +17,7 @@ from websockets.asyncio.server import ServerConnection
 from .cli_process import Cli, client_env
 from .conftest import TOKEN
 from .proxy import TcpProxy
-from .server import Server
+from .server import Server, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -131,3 +131,32 @@ async def test_a_lost_reply_is_asked_again_only_for_a_read(
     else:
         assert "not sent again" in cli.stderr
     assert "Traceback" not in cli.stderr
+
+
+async def test_a_token_revoked_while_waiting_ends_the_prompt(
+    server: Server, db_env: dict[str, str]
+) -> None:
+    """The drop is seen while the prompt waits for a line, not at the next one."""
+    cli = await Cli.start("reports-client", env=client_env(server.url, TOKEN))
+    try:
+        await cli.type("report1")
+        await cli.said("Report 1")
+        revoked = await asyncio.to_thread(run_cli, db_env, "token", "revoke", "test")
+        assert revoked.returncode == 0, revoked.stderr
+        assert await cli.wait() == 1
+    finally:
+        await cli.kill()
+    assert cli.err == ["connection closed by the server: 1008 (token revoked)"]
+
+
+@pytest.mark.parametrize("client", PROMPTS)
+async def test_ctrl_c_ends_a_prompt_quietly(server: Server, client: str) -> None:
+    typed, answer = PROMPTS[client]
+    cli = await Cli.start(client, env=client_env(server.url, TOKEN))
+    try:
+        await cli.type(typed)
+        await cli.said(answer)
+        assert await cli.stop(signal.SIGINT) == 130
+    finally:
+        await cli.kill()
+    assert cli.err == []
