@@ -194,9 +194,16 @@ class Prompt:
         typed = read_line(prompt)
         while not typed.done():
             ws = self.ws
-            if ws is None:
-                await asyncio.wait([typed])
-                break
+            if ws is None:  # NOTE: until the line, or a new connection to watch in turn
+                mending: list[asyncio.Future[Any]] = []
+                if self.reconnecting is not None:
+                    mending.append(self.reconnecting)
+                await asyncio.wait([typed, *mending], return_when=asyncio.FIRST_COMPLETED)
+                if mending and mending[0].done():
+                    self.reconnecting = None
+                if self.ws is None:
+                    break
+                continue
             closed: asyncio.Future[Any] = asyncio.ensure_future(ws.wait_closed())
             await asyncio.wait([typed, closed], return_when=asyncio.FIRST_COMPLETED)
             if closed.done():

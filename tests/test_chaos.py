@@ -8,7 +8,6 @@ the database committed, once each, in version order."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import sys
@@ -60,6 +59,13 @@ class Writer:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def put_forever(self) -> None:
+        try:
+            await self._put_until_stopped()
+        finally:
+            if self._ws is not None:
+                await self._ws.close()
+
+    async def _put_until_stopped(self) -> None:
         for n in itertools.count():
             # NOTE: 40 names, so most puts replace a report: added and updated events.
             request = {"type": "put", "id": n, "name": f"put-{n % 40}", "title": f"Put {n}"}
@@ -161,77 +167,96 @@ async def test_consumers_see_every_committed_change_once_in_order(
         "REPORTS_LOG_LEVEL": "INFO",
         "REPORTS_RATE_LIMIT": "0",
     }
-    server = await asyncio.to_thread(RestartedServer, env, free_port())
+    servers: list[RestartedServer] = []
+
+    async def serve(port: int) -> RestartedServer:
+        servers.append(await asyncio.to_thread(RestartedServer, env, port))
+        return servers[-1]
+
+    server = await serve(free_port())
     before = (await seeded_repository.changelog_bounds())[1]
-    async with TcpProxy("127.0.0.1", server.port) as proxy:
-        url = f"ws://127.0.0.1:{proxy.port}"
-        writer = Writer(url, db_env, tmp_path)
-        library = Library(url, before)
-        cli = await Cli.start(
-            "reports-client", "watch", "--json", "--since", str(before), env=client_env(url, TOKEN)
-        )
-        tasks = [
-            asyncio.create_task(work)
-            for work in (writer.put_forever(), writer.seed_forever(), library.run())
-        ]
+    proxy = TcpProxy("127.0.0.1", server.port)
+    await proxy.start()
+    url = f"ws://127.0.0.1:{proxy.port}"
+    writer = Writer(url, db_env, tmp_path)
+    library = Library(url, before)
+    cli = await Cli.start(
+        "reports-client", "watch", "--json", "--since", str(before), env=client_env(url, TOKEN)
+    )
+    tasks = [
+        asyncio.create_task(work)
+        for work in (writer.put_forever(), writer.seed_forever(), library.run())
+    ]
 
-        def cli_drops() -> int:
-            return sum("reconnecting in" in line for line in cli.err)
+    def library_seen() -> list[Seen]:
+        """What changes() yielded so far; its error, if it ended."""
+        if tasks[2].done():
+            tasks[2].result()
+            raise AssertionError("changes() ended")
+        return library.seen
 
-        async def a_spell() -> None:
-            """Until the writers have written more to the server now running, and both
-            consumers are connected to it (they have seen its latest put)."""
-            puts, batches = len(writer.puts) + PUTS_PER_SPELL, writer.batches + BATCHES_PER_SPELL
-            await eventually(
-                lambda: len(writer.puts) >= puts and writer.batches >= batches, within=90
-            )
-            mark = max(writer.puts)
-            await eventually(lambda: library.seen and library.seen[-1][0] >= mark, within=60)
-            await eventually(lambda: (s := watched(cli)) and s[-1][0] >= mark, within=60)
+    def watch_seen() -> list[Seen]:
+        """What the watch printed so far; its stderr, if it exited."""
+        if cli.process.returncode is not None:
+            raise AssertionError(f"watch exited with {cli.process.returncode}: {cli.stderr}")
+        return watched(cli)
 
-        kills = 0
-        try:
-            for outage in OUTAGES:
-                await a_spell()
-                drops = (library.drops, cli_drops())
-                refused = writer.refused
-                if outage == "move":
-                    moved = await asyncio.to_thread(RestartedServer, env, free_port())
-                    proxy.target = ("127.0.0.1", moved.port)
-                    await asyncio.to_thread(server.stop)
-                    server = moved
-                else:
-                    if outage == "kill":
-                        await asyncio.to_thread(server.kill)
-                        kills += 1
-                    else:
-                        await asyncio.to_thread(server.stop)
-                    # The writer met the server down, and tries again until it is back.
-                    await eventually(lambda: writer.refused > refused, within=30)  # noqa: B023
-                    server = await asyncio.to_thread(RestartedServer, env, server.port)
-                # Both consumers lost their connection, and reconnect by themselves.
-                await eventually(
-                    lambda: library.drops > drops[0] and cli_drops() > drops[1],  # noqa: B023
-                    within=30,
-                )
+    def cli_drops() -> int:
+        return sum("reconnecting in" in line for line in cli.err)
+
+    async def a_spell() -> None:
+        """Until the writers have written more to the server now running, and both consumers
+        are connected to it (they have seen its latest put)."""
+        puts, batches = len(writer.puts) + PUTS_PER_SPELL, writer.batches + BATCHES_PER_SPELL
+        await eventually(lambda: len(writer.puts) >= puts and writer.batches >= batches, within=90)
+        mark = max(writer.puts)
+        await eventually(lambda: (s := library_seen()) and s[-1][0] >= mark, within=60)
+        await eventually(lambda: (s := watch_seen()) and s[-1][0] >= mark, within=60)
+
+    kills = 0
+    try:
+        for outage in OUTAGES:
             await a_spell()
-        finally:
-            writer.stop.set()
-            written = await asyncio.gather(*tasks[:2], return_exceptions=True)
+            drops = (library.drops, cli_drops())
+            refused = writer.refused
+            if outage == "move":
+                moved = await serve(free_port())
+                proxy.target = ("127.0.0.1", moved.port)
+                await asyncio.to_thread(server.stop)
+                server = moved
+            else:
+                if outage == "kill":
+                    await asyncio.to_thread(server.kill)
+                    kills += 1
+                else:
+                    await asyncio.to_thread(server.stop)
+                # The writer met the server down, and tries again until it is back.
+                await eventually(lambda: writer.refused > refused, within=30)  # noqa: B023
+                server = await serve(server.port)
+            # Both consumers lost their connection, and reconnect by themselves.
+            await eventually(
+                lambda: library.drops > drops[0] and cli_drops() > drops[1],  # noqa: B023
+                within=30,
+            )
+        await a_spell()
+        writer.stop.set()
+        written = await asyncio.gather(*tasks[:2], return_exceptions=True)
         assert [x for x in written if x is not None] == []  # seed.py never failed
 
-        try:
-            oldest, latest, _ = await seeded_repository.changelog_bounds()
-            assert oldest <= before
-            await eventually(lambda: library.seen and library.seen[-1][0] >= latest, within=120)
-            await eventually(lambda: (s := watched(cli)) and s[-1][0] >= latest, within=120)
-        finally:
-            tasks[2].cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await tasks[2]
-            status = await cli.stop()
-            await cli.kill()
-            await asyncio.to_thread(server.stop)
+        oldest, latest, _ = await seeded_repository.changelog_bounds()
+        assert oldest <= before
+        await eventually(lambda: (s := library_seen()) and s[-1][0] >= latest, within=120)
+        await eventually(lambda: (s := watch_seen()) and s[-1][0] >= latest, within=120)
+        status = await cli.stop()
+    finally:
+        writer.stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await cli.kill()
+        await proxy.stop()
+        for each in servers:
+            await asyncio.to_thread(each.stop)
 
     committed = [
         (c.version, f"report.{c.op}", c.report.name)
