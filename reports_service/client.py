@@ -208,20 +208,20 @@ class ReportsClient:
     """A /reports connection that reconnects by itself; use ``async with``.
 
     ``url`` is the server's base URL (``ws://host:port``; /reports is appended) or the full
-    /reports URL. Exactly one of ``token`` and ``token_provider`` (an async function returning
-    a fresh token, called on every connect and when the server warns of the expiry).
-    ``binary`` sends MessagePack frames instead of JSON. A drop is followed by a new attempt
-    after a random delay between 0 and ``min(backoff_cap, backoff_base * 2**failures)``
-    seconds. A request waits at most ``request_timeout`` seconds, for a connection and its
-    reply together, else ``Unavailable``; entering the context waits as long for the first
-    connection. ``on_status`` is called with a ``Status`` on every change of the connection
-    (it must not block). ``max_buffered`` changes are kept for changes() before the client
-    stops reading.
+    /reports URL; or a list of them, servers of the same database, tried in turn. Exactly one
+    of ``token`` and ``token_provider`` (an async function returning a fresh token, called on
+    every connect and when the server warns of the expiry). ``binary`` sends MessagePack
+    frames instead of JSON. A drop is followed by a new attempt after a random delay between
+    0 and ``min(backoff_cap, backoff_base * 2**failures)`` seconds. A request waits at most
+    ``request_timeout`` seconds, for a connection and its reply together, else
+    ``Unavailable``; entering the context waits as long for the first connection.
+    ``on_status`` is called with a ``Status`` on every change of the connection (it must not
+    block). ``max_buffered`` changes are kept for changes() before the client stops reading.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: str | None = None,
         token_provider: TokenProvider | None = None,
@@ -234,8 +234,9 @@ class ReportsClient:
     ) -> None:
         if (token is None) == (token_provider is None):
             raise ValueError("give exactly one of token and token_provider")
-        base = url.rstrip("/")
-        self.url = base if base.endswith("/reports") else base + "/reports"
+        bases = [u.rstrip("/") for u in ([url] if isinstance(url, str) else url)]
+        self.urls = [b if b.endswith("/reports") else b + "/reports" for b in bases]
+        self.url = self.urls[0]  # NOTE: the one connected to, or tried next
         self._token, self._provider, self._binary = token, token_provider, binary
         self._base, self._cap, self._timeout = backoff_base, backoff_cap, request_timeout
         self._on_status, self._max_buffered = on_status, max_buffered
@@ -465,8 +466,9 @@ class ReportsClient:
                 if code == Close.POLICY_VIOLATION and not (
                     self._provider is not None and reason == "token expired"
                 ):
-                    raise AuthenticationError(f"the server refused the token: {code} {reason}")
+                    raise AuthenticationError(f"closed by the server: {code} {reason}")
                 failures = 0 if ready else failures + 1
+                self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
                 delay = random.uniform(0, min(self._cap, self._base * 2 ** min(failures, 32)))
                 self._status(Status("reconnecting", delay, code, reason))
                 await asyncio.sleep(delay)

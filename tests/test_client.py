@@ -30,6 +30,7 @@ from reports_service.protocol import ReportEvent
 from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
+from .clients import connect
 from .conftest import TOKEN, WRITE_TOKEN
 from .jwts import SECRET, claims, mint
 from .server import Server
@@ -62,11 +63,12 @@ def start_again() -> Iterator[Callable[[Server], Server]]:
         server.stop()
 
 
-def client(server: Server, token: str = TOKEN, **options: object) -> ReportsClient:
+def client(server: Server | list[str], token: str = TOKEN, **options: object) -> ReportsClient:
     options.setdefault("backoff_base", 0.05)
     options.setdefault("backoff_cap", 0.5)
     options.setdefault("request_timeout", 20.0)
-    return ReportsClient(server.url, token=token, **options)  # type: ignore[arg-type]
+    url = server.url if isinstance(server, Server) else server
+    return ReportsClient(url, token=token, **options)  # type: ignore[arg-type]
 
 
 async def take(changes: AsyncIterator[Item], count: int, within: float = 30.0) -> list[Item]:
@@ -165,6 +167,24 @@ async def test_a_request_waits_for_the_server_to_come_back(
         assert (await pending).title == "Report 2"
 
 
+async def test_a_full_server_is_tried_again_until_it_has_room(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(max_connections="1")
+    statuses = Statuses()
+
+    async def first_report() -> int:
+        async with client(server, on_status=statuses) as reports:
+            return (await reports.get("report1")).version
+
+    holder = await connect(server)
+    entering = asyncio.create_task(first_report())
+    await eventually(lambda: len([s for s in statuses if s.code == 1013]) >= 2)
+    assert not entering.done()
+    await holder.close()
+    assert await entering == 1
+
+
 async def test_a_request_gives_up_after_request_timeout(server: Server) -> None:
     async with client(server, request_timeout=0.5) as reports:
         server.stop()
@@ -221,6 +241,26 @@ async def test_changes_yields_every_change_once_across_restarts(
     assert any(s.code == 1012 for s in statuses.states("reconnecting"))
 
 
+async def test_changes_follow_the_database_to_another_server(
+    make_server: Callable[..., Server],
+    start_again: Callable[[Server], Server],
+    seeded_repository: ReportRepository,
+) -> None:
+    first, second = make_server(), make_server()
+    second.stop()
+    urls = [first.url, second.url]
+    async with client(urls) as reports, aclosing(reports.changes(since=4)) as changes:
+        await write(seeded_repository, "a")
+        seen = await take(changes, 1)
+        first.stop()
+        await write(seeded_repository, "b")
+        second = start_again(second)
+        await write(seeded_repository, "c")
+        seen += await take(changes, 2)
+        assert reports.url == second.url + "/reports"
+    assert versions(seen) == [5, 6, 7]
+
+
 async def test_since_replays_the_missed_changes_then_goes_on_live(
     server: Server, seeded_repository: ReportRepository
 ) -> None:
@@ -254,6 +294,20 @@ async def test_a_new_database_epoch_yields_resync(
         await write(seeded_repository, "c")
         assert versions(await take(changes, 1)) == [7]
         assert (await reports.ping()).epoch == "restored"
+
+
+async def test_resync_when_the_changelog_no_longer_reaches_back(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(changelog_retention="3")
+    async with client(server, WRITE_TOKEN) as reports:
+        for n in range(5):
+            await reports.put(f"h{n}", f"H{n}")  # NOTE: the server keeps the last 3 changes
+        epoch = (await reports.ping()).epoch
+        async with aclosing(reports.changes(since=2)) as changes:
+            assert await take(changes, 1) == [Resync(9, epoch)]
+            await reports.put("after", "After")
+            assert versions(await take(changes, 1)) == [10]
 
 
 @pytest.fixture
