@@ -787,7 +787,8 @@ FEED_CASES = (
     FeedCase("SQLite, another process", SQLITE, 1, 200, limit=MAX_PUSH_P99_MS),
     FeedCase("SQLite, another process, REPORTS_FEED_WAKEUP=poll", SQLITE, 1, 200, wakeup="poll"),
     FeedCase("SQLite, same process (`put`)", SQLITE, 1, 200, True, limit=MAX_SAME_PROCESS_P99_MS),
-    FeedCase("SQLite, another process", SQLITE, 1000, 30, limit=MAX_FANOUT_P99_MS),
+    FeedCase("SQLite, another process", SQLITE, 1000, 30),
+    FeedCase("SQLite, another process", SQLITE, 10_000, 20, limit=MAX_FANOUT_P99_MS),
     FeedCase("PostgreSQL, another process", POSTGRES, 1, 200, limit=MAX_PUSH_P99_MS),
     FeedCase(
         "PostgreSQL, same process (`put`)", POSTGRES, 1, 200, True, limit=MAX_SAME_PROCESS_P99_MS
