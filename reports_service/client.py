@@ -550,7 +550,10 @@ class ReportsClient:
                 self._feed.live = False
             for future, sent_on, _ in list(self._pending.values()):
                 if sent_on is ws and not future.done():
-                    future.set_exception(_Dropped(sent=True))
+                    if self._closing:  # NOTE: no one waits for it now: no error to report
+                        future.cancel()
+                    else:
+                        future.set_exception(_Dropped(sent=True))
 
     def _route(
         self, ws: ClientConnection, data: str | bytes

@@ -8,6 +8,7 @@ closes the pipe after one line.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from reports_service.pipes import CUT
+from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
 from .conftest import TOKEN
@@ -89,4 +91,15 @@ def test_a_client_cut_by_a_pipe(server: Server, tmp_path: Path, client: str) -> 
     env = {**os.environ, "REPORTS_URL": server.url, "REPORTS_TOKEN": TOKEN}
     line, status, errors = cut_after_one_line([str(BIN / client)], env, stdin=typed)
     assert "report1" in line or "Report 1" in line, line
+    assert (status, errors) == (CUT, "")
+
+
+async def test_watch_cut_by_a_pipe(server: Server, seeded_repository: ReportRepository) -> None:
+    """`reports-client watch --since 0 | head -1`: more changes to print than a pipe holds."""
+    reports = [NewReport(f"cut{n:04}", f"Cut {n} " + "x" * 60, "") for n in range(1500)]
+    await seeded_repository.add_reports(reports)
+    env = {**os.environ, "REPORTS_URL": server.url, "REPORTS_TOKEN": TOKEN}
+    argv = [str(BIN / "reports-client"), "watch", "--since", "0", "--json"]
+    line, status, errors = await asyncio.to_thread(cut_after_one_line, argv, env)
+    assert json.loads(line)["version"] == 1
     assert (status, errors) == (CUT, "")
