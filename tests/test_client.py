@@ -26,12 +26,13 @@ from reports_service.client import (
     Status,
     Unavailable,
 )
+from reports_service.migrate import downgrade, upgrade
 from reports_service.protocol import ReportEvent
 from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
 from .clients import connect
-from .conftest import TOKEN, WRITE_TOKEN
+from .conftest import TOKEN, TUTORIAL, WRITE_TOKEN
 from .jwts import SECRET, claims, mint
 from .server import Server
 from .waiting import eventually
@@ -295,6 +296,33 @@ async def test_a_new_database_epoch_yields_resync(
         await write(seeded_repository, "c")
         assert versions(await take(changes, 1)) == [7]
         assert (await reports.ping()).epoch == "restored"
+
+
+async def test_a_database_replaced_by_a_fresh_one_yields_resync(
+    server: Server,
+    start_again: Callable[[Server], Server],
+    seeded_repository: ReportRepository,
+    db_url: str,
+) -> None:
+    """The database is dropped and made again (Alembic down to base, up to head, seeded):
+    its versions start again and reach past the client's, which a resume by version alone
+    would take for changes it has seen. The new epoch says otherwise: Resync."""
+    async with client(server) as reports, aclosing(reports.changes(since=4)) as changes:
+        old = (await reports.ping()).epoch
+        await write(seeded_repository, "a")
+        assert versions(await take(changes, 1)) == [5]
+        server.stop()
+        await seeded_repository.engine.dispose()
+        await asyncio.to_thread(downgrade, db_url, "base")
+        await asyncio.to_thread(upgrade, db_url)
+        await seeded_repository.add_reports(TUTORIAL)
+        await seeded_repository.create_token(name="test", token=TOKEN)
+        await write(seeded_repository, "x", "y")  # NOTE: versions 5 and 6 of the new database
+        server = start_again(server)
+        [resync] = await take(changes, 1)
+        assert isinstance(resync, Resync) and resync.version == 6 and resync.epoch != old
+        await write(seeded_repository, "z")
+        assert versions(await take(changes, 1)) == [7]
 
 
 async def test_resync_when_the_changelog_no_longer_reaches_back(
