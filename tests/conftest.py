@@ -72,6 +72,14 @@ async def seeded_repository(settings: Settings) -> AsyncIterator[ReportRepositor
 
 
 @pytest.fixture
+async def other(settings: Settings) -> AsyncIterator[ReportRepository]:
+    """Another writer on the test's database (its own engine), as another process would be."""
+    repo = repository_for(settings)
+    yield repo
+    await repo.dispose()
+
+
+@pytest.fixture
 async def conductor(
     settings: Settings, seeded_repository: ReportRepository
 ) -> AsyncIterator[ASGIConductor]:

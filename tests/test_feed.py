@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
 from reports_service.config import Settings
 from reports_service.feed import ENTRY_OVERHEAD, ChangeFeed
 from reports_service.records import NewReport
-from reports_service.repository import ReportRepository, repository_for
+from reports_service.repository import ReportRepository
 from reports_service.watch import PostgresWatcher, watcher_for
 
 from .waiting import eventually
-
-
-@pytest.fixture
-async def other(settings: Settings) -> AsyncIterator[ReportRepository]:
-    """Another writer on the same database, as another process would be."""
-    repo = repository_for(settings)
-    yield repo
-    await repo.dispose()
 
 
 @pytest.fixture

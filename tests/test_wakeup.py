@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -17,7 +17,7 @@ from reports_service import watch
 from reports_service.config import Settings
 from reports_service.feed import ChangeFeed
 from reports_service.records import Change, NewReport
-from reports_service.repository import ReportRepository, repository_for
+from reports_service.repository import ReportRepository
 from reports_service.watch import CommitWatcher, PostgresWatcher, SQLiteWatcher, watcher_for
 
 from .clients import PUSH_WITHIN, call, connect, next_event
@@ -42,14 +42,6 @@ class Collector:
 
     def names(self) -> list[str]:
         return [change.report.name for change in self.changes]
-
-
-@pytest.fixture
-async def other(settings: Settings) -> AsyncIterator[ReportRepository]:
-    """Another writer on the same database (its own engine), as another process would be."""
-    repo = repository_for(settings)
-    yield repo
-    await repo.dispose()
 
 
 @pytest.fixture
