@@ -69,7 +69,7 @@ class ReportsSession:
         service: ReportService,
         *,
         queue_size: int,
-        replay_limit: int = 100_000,
+        replay_limit: int,
         authenticator: Authenticator | None = None,
         binary: bool = False,
     ) -> None:
