@@ -160,6 +160,25 @@ async def test_a_refresh_extends_the_connection(server: Server) -> None:
         assert time.time() >= new
 
 
+async def test_a_refresh_to_a_sooner_expiry_is_warned_and_closed_by_it(
+    make_server: Callable[..., Server],
+) -> None:
+    # NOTE: the watchdog walks every connection only every quarter of the send timeout (15 s
+    #   here); a token that expires sooner than any before it is watched from its refresh on.
+    server = make_server(
+        jwt_secret=SECRET, jwt_leeway="0", token_expiry_warning=str(WARNING), send_timeout="60"
+    )
+    async with await connect(server, jwt("carol", time.time() + 300)) as ws:
+        assert await pong(ws)
+        await asyncio.sleep(1.0)  # NOTE: past the watchdog's first walk, which sees +300 s
+        new = int(time.time()) + 4
+        reply = await call(ws, {"id": 1, "type": "auth", "token": jwt("carol", new)})
+        assert at(reply["result"]["expires_at"]) == new
+        warning = await recv(ws, within=new - time.time())
+        assert at(warning["expires_at"]) == new
+        assert await closed(ws, within=new + CLOSE_WITHIN - time.time()) == EXPIRED
+
+
 async def test_a_refresh_to_another_subject_is_forbidden(
     server: Server, short: Short, seeded_repository: ReportRepository
 ) -> None:

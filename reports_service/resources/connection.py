@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Protocol
 
@@ -32,6 +33,19 @@ async def close(ws: WebSocket, code: Close, reason: str, within: float) -> None:
     await transport.close(ws, code, reason, within)
 
 
+class Soonest:
+    """The earliest expiry of the tokens of a registry's connections, or an earlier time: a
+    refresh lowers it at once, the registry's scan puts it back up."""
+
+    __slots__ = ("expires",)
+
+    def __init__(self) -> None:
+        self.expires = math.inf
+
+    def lower(self, expires: float) -> None:
+        self.expires = min(self.expires, expires)
+
+
 class Member:
     """What the registry keeps of each open WebSocket connection or event stream: its route,
     its grant (what its token may do), and when it was last seen, sent to, or subscribed."""
@@ -39,10 +53,12 @@ class Member:
     __slots__ = (
         "expiry_warned",
         "grant",
+        "identity",
         "last_seen",
         "listener",
         "route",
         "sending_since",
+        "soonest",
         "subscribed",
         "token",
     )
@@ -50,6 +66,8 @@ class Member:
     def __init__(self, route: str, grant: Grant | None) -> None:
         self.route = route
         self.grant: Grant = grant or ANONYMOUS
+        self.identity = self.grant.identity  # NOTE: as admitted; a refresh keeps it
+        self.soonest: Soonest | None = None  # NOTE: the registry's, once admitted
         self.token = grant.key if grant is not None else None  # what the per-token cap counts
         self.listener: ExpiryListener | None = None
         self.expiry_warned = False
@@ -61,6 +79,8 @@ class Member:
         """From now on the connection may do what ``grant`` says (same identity)."""
         self.grant = grant
         self.expiry_warned = False
+        if self.soonest is not None:
+            self.soonest.lower(grant.expires)
 
     async def close(self, code: Close, reason: str) -> None:
         """End it, telling the peer why (a close frame, or the end of a stream)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 
@@ -15,7 +16,7 @@ from ..errors import ServiceError
 from ..limits import Refused
 from ..metrics import CONNECTIONS
 from ..repository import ReportRepository
-from .connection import ANONYMOUS, Member
+from .connection import ANONYMOUS, Member, Soonest
 
 logger = logging.getLogger("reports_service.limits")
 
@@ -44,6 +45,11 @@ class ConnectionRegistry:
         self._expiry_warning = expiry_warning
         self._open: set[Member] = set()
         self._per_token: Counter[str] = Counter()
+        # NOTE: kept as connections come and go, so that neither the token guard nor the
+        #   watchdog's tick walks every connection: with 10,000 idle ones, those walks were
+        #   most of an idle server's CPU (see benchmarks/, idle).
+        self._identities: Counter[tuple[Kind, str]] = Counter()
+        self._soonest = Soonest()
         self._watchdog: asyncio.Task[None] | None = None
         self._admitted = asyncio.Event()  # NOTE: wakes the watchdog, asleep while none is open
         self._server: object = None  # NOTE: the uvicorn server, to learn when it stops
@@ -59,6 +65,9 @@ class ConnectionRegistry:
         if token is not None and self._per_token[token] >= self.max_per_token:
             raise Refused(Close.POLICY_VIOLATION, "too many connections for this token")
         self._open.add(conn)
+        self._identities[conn.identity] += 1
+        conn.soonest = self._soonest
+        self._soonest.lower(conn.grant.expires)
         self._admitted.set()
         if token is not None:
             self._per_token[token] += 1
@@ -68,6 +77,10 @@ class ConnectionRegistry:
         """No longer counts ``conn`` (admitted before)."""
         CONNECTIONS.labels(conn.route).dec()
         self._open.remove(conn)
+        conn.soonest = None
+        self._identities[conn.identity] -= 1
+        if not self._identities[conn.identity]:
+            del self._identities[conn.identity]
         token = conn.token
         if token is not None:
             self._per_token[token] -= 1
@@ -77,10 +90,12 @@ class ConnectionRegistry:
     def subjects(self, kind: Kind) -> list[str]:
         """The subjects open connections use, of tokens of ``kind`` (a database token's name,
         a JWT's ``sub``)."""
-        return list({conn.grant.subject for conn in self._open if conn.grant.kind == kind})
+        return [subject for of, subject in self._identities if of == kind]
 
     def with_identity(self, kind: Kind, subject: str) -> list[Member]:
-        return [c for c in self._open if c.grant.kind == kind and c.grant.subject == subject]
+        if (kind, subject) not in self._identities:
+            return []
+        return [c for c in self._open if c.grant.identity == (kind, subject)]
 
     async def occupied(self) -> None:
         """Return once a connection is open (at once if one is)."""
@@ -120,11 +135,16 @@ class ConnectionRegistry:
                     conn.server_stopping()
             if now >= next_scan:
                 next_scan = now + scan
+                soonest = math.inf
                 for conn in list(self._open):
                     self._check(conn, now)
+                    if conn.grant.expires < soonest:
+                        soonest = conn.grant.expires
+                self._soonest.expires = soonest
             soon = wall + self._expiry_warning
-            for conn in [c for c in self._open if c.grant.expires <= soon]:
-                self._check_expiry(conn, wall)
+            if soon >= self._soonest.expires:
+                for conn in [c for c in self._open if c.grant.expires <= soon]:
+                    self._check_expiry(conn, wall)
             metrics.flush()  # NOTE: housekeeping of the same kind: every worker, every tick
 
     def _check(self, conn: Member, now: float) -> None:
