@@ -369,6 +369,17 @@ class IdleCapacity(Scenario):
                 ]
         if SQLITE not in data:
             checks.append(Check("RSS per idle connection", None, "<=", MAX_IDLE_KIB, " KiB"))
+        elif BARE in data:
+            # NOTE: what stands in the way when the service fails with pings: the pings.
+            note = f"uvicorn's pings: the bare echo with them {data[BARE]['cpu_open']:.2%}"
+            if QUIET in data:
+                note += f", the service without them {data[QUIET]['cpu_open']:.2%}"
+            checks = [
+                dataclasses.replace(c, note=note)
+                if c.name.startswith(f"{ctx.targets[SQLITE].label}: CPU with")
+                else c
+                for c in checks
+            ]
         header = [
             "server",
             "connections",
