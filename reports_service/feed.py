@@ -104,12 +104,22 @@ class ChangeFeed:
             self._store(report.name if report is not None else name, report)
         return report
 
-    def written(self) -> None:
+    def written(self, change: Change | None = None) -> None:
         """This process just committed a change: read the changelog before trusting the cache.
 
         (Its own PostgreSQL notification may arrive after the writer's reply.) The loop is woken
-        too, so this process's subscribers get the change at once.
+        too, so this process's subscribers get the change at once. Given the ``change`` it
+        committed, when that is the next version and no read is under way, it is applied and
+        pushed here, without waiting for that read; the read still looks for others' commits.
         """
+        if (
+            change is not None
+            and self.version is not None
+            and change.version == self.version + 1
+            and not self._lock.locked()
+        ):
+            self._apply(change)
+            self._measure(change)
         self._behind = True
         self._wake.set()
 

@@ -108,11 +108,17 @@ class ReportService:
         except ValueError as error:
             raise RequestError("invalid_request", str(error)) from None
         try:
-            return await self._repository.put_report(report, if_version=if_version)
+            stored, added = await self._repository.put_report(report, if_version=if_version)
         except VersionConflict as conflict:
-            raise RequestError("conflict", str(conflict)) from None
-        finally:
             self._feed.written()
+            raise RequestError("conflict", str(conflict)) from None
+        except BaseException:
+            self._feed.written()
+            raise
+        # NOTE: the change as the changelog has it (a copy of the row, at the same time).
+        op = "added" if added else "updated"
+        self._feed.written(Change(stored.version, op, stored, stored.updated_at))
+        return stored, added
 
     async def delete(self, name: str, grant: Grant, *, if_version: int | None) -> Removed:
         _check_write(grant, name)

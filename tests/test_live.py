@@ -13,6 +13,7 @@ from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
 from .clients import PUSH_WITHIN, call, connect, recv
+from .conftest import WRITE_TOKEN
 from .server import Server, run_cli
 
 SEND_TIMEOUT = 5.0  # seconds; generous, so that the others' pushes come well within it
@@ -34,6 +35,30 @@ async def test_seed_script_changes_are_pushed_promptly(
             event = await recv(ws, within=PUSH_WITHIN)
             assert (event["type"], event["version"]) == (kind, version)
             assert event["report"]["name"] == "pushed" and event["report"]["title"] == title
+
+
+async def test_a_put_is_pushed_by_its_own_process_as_the_changelog_has_it(
+    server: Server,
+) -> None:
+    # NOTE: the writing process pushes its own change without reading it back; a replay
+    #   reads the changelog. A subscriber must not be able to tell them apart.
+    writes = [("p1", "P1"), ("p1", "P1 v2"), ("p2", "P2")]
+    async with await connect(server) as ws, await connect(server, WRITE_TOKEN) as writer:
+        assert (await call(ws, {"id": 1, "type": "subscribe"}))["result"]["version"] == 4
+        pushed = []
+        for n, (name, title) in enumerate(writes):
+            put = {"id": n, "type": "put", "name": name, "title": title, "content": f"c{n}"}
+            assert "result" in await call(writer, put)
+            pushed.append(await recv(ws, within=PUSH_WITHIN))
+    async with await connect(server) as ws:
+        assert (await call(ws, {"id": 1, "type": "subscribe", "since": 4}))["result"]
+        replayed = [await recv(ws) for _ in writes]
+    assert [(e["type"], e["version"]) for e in pushed] == [
+        ("report.added", 5),
+        ("report.updated", 6),
+        ("report.added", 7),
+    ]
+    assert pushed == replayed
 
 
 async def test_reconnect_with_since_gets_exactly_the_missed_changes(
