@@ -30,6 +30,9 @@ class Peer(Protocol):
 
     async def send(self, message: object, kind: WebSocketPayloadType) -> None: ...
 
+    def send_now(self, frame: str | bytes) -> bool:
+        """Send an encoded frame at once if that needs no waiting; False: nothing was sent."""
+
     async def close(self, code: Close, reason: str) -> None: ...
 
 
@@ -39,13 +42,14 @@ class Outbox:
     When full, the connection is closed with 4001 (slow consumer) rather than waited for.
     """
 
-    __slots__ = ("_gone", "_peer", "_queue", "_sender", "closed_slow")
+    __slots__ = ("_gone", "_peer", "_queue", "_sender", "_sending", "closed_slow")
 
     def __init__(self, peer: Peer, size: int, gone: Callable[[], None]) -> None:
         self._peer = peer
         self._queue: asyncio.Queue[tuple[Any, bool]] = asyncio.Queue(size)
         self._sender: asyncio.Task[None] | None = None
         self._gone = gone  # called when the peer has disconnected
+        self._sending = False  # NOTE: the sender has a message out of the queue, not yet sent
         self.closed_slow = False
 
     @property
@@ -55,6 +59,15 @@ class Outbox:
     def push(self, message: Any, binary: bool) -> bool:
         """Queue ``message``; False when the outbox is full (the caller calls close_slow)."""
         if self.closed_slow:
+            return True
+        # NOTE: an encoded frame with nothing before it goes out at once when the connection
+        #   takes it without waiting; else, and for the rest, in order through the queue.
+        if (
+            isinstance(message, str | bytes)
+            and not self._sending
+            and self._queue.empty()
+            and self._peer.send_now(message)
+        ):
             return True
         if self._sender is None or self._sender.done():
             self._sender = tasks.spawn(self._send_loop(), name="session-sender")
@@ -87,12 +100,14 @@ class Outbox:
     async def _send_loop(self) -> None:
         while True:
             message, binary = await self._queue.get()
+            self._sending = True
             try:
                 await self._peer.send(message, BINARY if binary else TEXT)
             except WebSocketDisconnected:
                 self._gone()
                 return
             finally:
+                self._sending = False
                 self._queue.task_done()
 
     async def close(self) -> None:

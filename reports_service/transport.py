@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import signal
@@ -25,6 +26,7 @@ from typing import Any
 from falcon import WebSocketDisconnected
 from falcon.asgi import Request, WebSocket
 from falcon.asgi.ws import _WebSocketState
+from websockets.protocol import State
 
 from . import handshake
 from .metrics import count_close
@@ -41,6 +43,7 @@ CLIENT_FAULTS_OFF = "a client's invalid UTF-8 is logged by uvicorn as an ERROR w
 DENIAL_OFF = "refused handshakes get Falcon's HTTP 403, not a 401 with WWW-Authenticate"
 STREAM_ABORT_OFF = "slow readers of an event stream cannot be dropped with this uvicorn"
 EXIT_UNSEEN = "event streams are not ended when uvicorn stops: it waits its graceful timeout"
+SEND_NOW_OFF = "each push waits for its subscriber's sender task (slower fan-out)"
 LATE_THREADS_OFF = "a late error in aiosqlite's worker thread may print a traceback in the CLI"
 HEAD_DEADLINE_OFF = (
     "half-sent request heads are not timed out, nor pending connections capped, with this uvicorn"
@@ -130,6 +133,17 @@ def _handshake_holds() -> bool:
     return _uvicorn_send_is_bound() and needed <= _code_words(_uvicorn_class())
 
 
+@functools.cache
+def _can_send_now() -> bool:
+    return _holds(_send_now_holds)
+
+
+def _send_now_holds() -> bool:
+    needed = {"handshake_complete", "close_sent", "disconnected", "writable", "conn"}
+    needed |= {"transport", "send_text", "send_binary", "data_to_send"}
+    return _uvicorn_send_is_bound() and needed <= _code_words(_uvicorn_class())
+
+
 def _stream_abort_holds() -> bool:
     from uvicorn.protocols.http import h11_impl, httptools_impl
 
@@ -195,6 +209,7 @@ def _head_deadline_holds() -> bool:
 
 _PROBES: list[tuple[str, Callable[[], bool]]] = [
     (ABORT_OFF, _abort_holds),
+    (SEND_NOW_OFF, _send_now_holds),
     (HANDSHAKE_KEPT, _handshake_holds),
     (HEADERS_KEPT, _headers_hold),
     (RECEIVER_KEPT, _receiver_holds),
@@ -234,6 +249,34 @@ def _uvicorn_protocol(ws: WebSocket) -> Any:
         return protocol
     _announce(NOT_UVICORN, logging.INFO)
     return None
+
+
+def send_now(ws: WebSocket, frame: str | bytes) -> bool:
+    """Write an encoded ``frame`` (text or binary) at once, if uvicorn would take it without
+    waiting; False, with nothing sent, when it would wait or this cannot tell.
+
+    NOTE: what uvicorn's own ASGI send does for a message, without the task switch that each
+    subscriber's sender task costs: a change pushed to 10,000 subscribers woke 10,000 tasks.
+    """
+    if ws.closed or not _can_send_now():
+        return False
+    protocol = _uvicorn_protocol(ws)
+    if (
+        protocol is None
+        or not protocol.handshake_complete
+        or protocol.close_sent
+        or protocol.disconnected
+        or not protocol.writable.is_set()
+        or protocol.transport.is_closing()
+        or protocol.conn.state is not State.OPEN
+    ):
+        return False
+    if isinstance(frame, str):
+        protocol.conn.send_text(frame.encode())
+    else:
+        protocol.conn.send_binary(frame)
+    protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+    return True
 
 
 def abort(ws: WebSocket) -> None:

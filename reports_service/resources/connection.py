@@ -138,6 +138,9 @@ class Connection(Member):
         finally:
             self.sending_since = 0.0
 
+    def send_now(self, frame: str | bytes) -> bool:
+        return transport.send_now(self.ws, frame)
+
     async def close(self, code: Close, reason: str) -> None:
         await close(self.ws, code, reason, self._settings.send_timeout)
 
