@@ -61,6 +61,7 @@ from benchmarks.load import (
     raise_fd_limit,
     source_address,
 )
+from benchmarks.procs import _die_with_parent
 
 SUBSCRIBE = b'{"id":1,"type":"subscribe"}'
 VERSION = re.compile(rb'"version":(\d+)')
@@ -236,8 +237,14 @@ class Fleet:
             command += ["--concurrency", str(args.concurrency)]
             if args.token:
                 command += ["--token", args.token]
+            # NOTE: a worker also ends when its stdin closes (the driver gone); the
+            #   parent-death signal ends it even while it is still connecting.
             proc = await asyncio.create_subprocess_exec(
-                *command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=1 << 20
+                *command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                limit=1 << 20,
+                preexec_fn=_die_with_parent,
             )
             self.procs.append(proc)
         ready: dict[str, Any] = {"event": "ready", "connections": 0, "failed": 0, "seconds": 0.0}
