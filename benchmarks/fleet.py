@@ -356,6 +356,7 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         server0 = cpu_seconds(args.server_pid)
         made: list[int] = []
+        made_per_s = float("nan")
         if args.rate:
             total = max(1, round(args.rate * args.duration))
             for n in range(total):
@@ -365,6 +366,8 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
                 version, at = await publisher.change(n)
                 fleet.version(version).committed = at
                 made.append(version)
+            # NOTE: commits slower than the rate fall behind the schedule: what was made.
+            made_per_s = len(made) / (time.perf_counter() - wall0)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(args.grace):
                     for version in made:
@@ -387,7 +390,9 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await publisher.close()
         await fleet.stop()
-    return summary(args, fleet, made, ready, wall, own_cpu, server_cpu)
+    result = summary(args, fleet, made, ready, wall, own_cpu, server_cpu)
+    result["made_per_s"] = made_per_s
+    return result
 
 
 def summary(
