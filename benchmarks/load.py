@@ -31,7 +31,7 @@ import random
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -177,19 +177,20 @@ def queries(expect: str, names: int, seed: int) -> list[bytes]:
     return [f"report{rng.randint(1, names)}".encode() for _ in range(NAME_POOL)]
 
 
+def source_address(sources: int, offset: int) -> dict[str, Any]:
+    """The ``local_addr`` keyword for ws_connect: with SOURCES, 127.0.0.2 .. 127.0.0.N+1."""
+    # NOTE: each source address has its own ~28,000 ephemeral ports towards the server's one.
+    return {"local_addr": (f"127.0.0.{2 + offset % sources}", 0)} if sources else {}
+
+
 async def open_client(args: argparse.Namespace, run: Run, offset: int) -> Client:
     """Connect, authenticate and check the first reply exactly."""
-    # NOTE: with --sources N, from 127.0.0.2 .. 127.0.0.N+1 in turn: each source address has
-    #   its own ~28,000 ephemeral ports towards the server's one.
-    source: dict[str, Any] = {}
-    if args.sources:
-        source["local_addr"] = (f"127.0.0.{2 + offset % args.sources}", 0)
     transport, listener = await ws_connect(
         lambda: Client(run, offset),
         args.url,
         websocket_handshake_timeout=args.connect_timeout,
         enable_auto_pong=True,
-        **source,
+        **source_address(args.sources, offset),
     )
     client = listener
     assert isinstance(client, Client)
@@ -212,7 +213,12 @@ async def open_client(args: argparse.Namespace, run: Run, offset: int) -> Client
     return client
 
 
-async def open_clients(args: argparse.Namespace, run: Run) -> tuple[list[Client], int]:
+Opener = Callable[[argparse.Namespace, Run, int], Awaitable[Client]]
+
+
+async def open_clients(
+    args: argparse.Namespace, run: Run, opener: Opener = open_client
+) -> tuple[list[Client], int]:
     """Open ``args.connections`` clients, ``args.concurrency`` at a time, within the budget."""
     semaphore = asyncio.Semaphore(args.concurrency)
     clients: list[Client] = []
@@ -224,7 +230,7 @@ async def open_clients(args: argparse.Namespace, run: Run) -> tuple[list[Client]
             if fatal:
                 return
             try:
-                clients.append(await open_client(args, run, offset))
+                clients.append(await opener(args, run, offset))
             except LoadError as error:
                 fatal.append(error)
             except Exception as error:  # picows, OS and timeout errors alike

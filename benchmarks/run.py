@@ -107,6 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument(
         "--connect-budget", type=float, default=180.0, help="seconds to open the idle connections"
     )
+    sizes.add_argument(
+        "--sustained-rate", type=float, default=100.0, help="sustained: changes/s offered first"
+    )
+    sizes.add_argument(
+        "--sustained-subscribers", type=int, default=1000, help="sustained: subscribers"
+    )
+    sizes.add_argument(
+        "--sustained-seconds", type=float, default=30.0, help="sustained: seconds per rate"
+    )
+    sizes.add_argument(
+        "--many-connections",
+        type=int,
+        default=100_000,
+        help="connections: subscribed connections to one service process",
+    )
 
     run.add_argument(
         "--set",
@@ -162,6 +177,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise BenchError("--idle-seconds must be in 1..600")
     if not 1 <= args.big_reports <= 10_000_000 or not 1 <= args.bulk_reports <= 5_000_000:
         raise BenchError("--big-reports or --bulk-reports out of range")
+    if not 0 < args.sustained_rate <= 10_000 or not 1 <= args.sustained_subscribers <= 50_000:
+        raise BenchError("--sustained-rate must be in (0, 10000], --sustained-subscribers 1..50000")
+    if not 1 <= args.sustained_seconds <= 600:
+        raise BenchError("--sustained-seconds must be in 1..600")
+    if not 1 <= args.many_connections <= 1_000_000:
+        raise BenchError("--many-connections must be in 1..1000000")
     if not 1 <= args.puts <= 1_000_000:
         raise BenchError("--puts must be in 1..1000000")
 
@@ -179,6 +200,8 @@ def prepare_targets(
         wanted.add(args.profile_target)
     if "changefeed" in scenarios:
         wanted |= {SQLITE, POSTGRES}
+    if "sustained" in scenarios or "connections" in scenarios:
+        wanted.add(SQLITE)
     targets: dict[str, Target] = {}
     if BARE in wanted:
         targets[BARE] = bare_echo()

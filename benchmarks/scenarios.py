@@ -38,11 +38,13 @@ from benchmarks.report import Check, Section, divide, median, num, percent, rati
 from benchmarks.targets import (
     BARE,
     BASELINE,
+    BROADCAST,
     POSTGRES,
     SQLITE,
     SQLITE_BIG,
     Server,
     Target,
+    bare_broadcast,
     service,
     start_server,
 )
@@ -778,7 +780,21 @@ MAX_PUSH_P99_MS = 5.0
 MAX_SAME_PROCESS_P99_MS = 2.0
 MAX_FANOUT_P99_MS = 100.0
 FEED_WRITE_TOKEN = "bench-feed-writer-0123456789"
-FEED_HEADER = ["commits", "subscribers", "changes", "first p50", "first p99", "all p50", "all p99"]
+FEED_HEADER = [
+    "commits",
+    "subscribers",
+    "changes",
+    "first p50",
+    "first p99",
+    "all p50",
+    "all p99",
+    "client CPU",
+    "server CPU",
+]
+FLEET_FROM = 1000
+"""Rows with this many subscribers or more are held by benchmarks/fleet.py, not feedlat.py."""
+FLEET_PROCESSES = 2
+FLEET_SOURCES = 8
 
 
 @dataclass(frozen=True)
@@ -856,19 +872,26 @@ class ChangeFeed(Scenario):
                     num(percentile(first, 99), 2),
                     num(percentile(every, 50), 2),
                     num(percentile(every, 99), 2),
+                    percent(figures.get("client_cpu")),
+                    percent(figures.get("server_cpu")),
                 ]
             )
             data[f"{case.label} x{case.subscribers}"] = figures
             if case.limit is not None:
                 many = case.subscribers > 1
                 what = f"all {case.subscribers:,} subscribers" if many else "1 subscriber"
+                value = percentile(every if many else first, 99)
+                note = ""
+                if many and value > case.limit:
+                    note = fanout_note(figures)
                 checks.append(
                     Check(
                         f"commit to push p99, {case.label}, {what}",
-                        percentile(every if many else first, 99),
+                        value,
                         "<=",
                         case.limit,
                         " ms",
+                        note,
                     )
                 )
         lines = [
@@ -879,7 +902,12 @@ class ChangeFeed(Scenario):
             "commits each change through the service's repository; ms from the commit "
             "returning to the push arriving, at the first subscriber and at the last one. "
             "'same process': it sends a `put` to the server on another connection; ms from "
-            "the put's reply arriving to the push arriving (negative: the push came first).",
+            "the put's reply arriving to the push arriving (negative: the push came first). "
+            f"Rows of {FLEET_FROM:,} subscribers and more: `benchmarks/fleet.py` holds them "
+            f"(picows, {FLEET_PROCESSES} processes on the client core, source addresses "
+            f"127.0.0.2 and up) and commits; the other rows: feedlat.py (websockets). Client "
+            "CPU: the whole load generator's CPU time over the run, as a share of one core "
+            "(near 100%: the client, not the server, is the limit); server CPU likewise.",
             "",
             *table(FEED_HEADER, rows),
         ]
@@ -887,6 +915,18 @@ class ChangeFeed(Scenario):
 
     @staticmethod
     def measure(ctx: Context, server: Server, case: FeedCase) -> dict[str, Any]:
+        if case.subscribers >= FLEET_FROM and not case.same_process:
+            command = fleet_command(server, case.subscribers)
+            command += ["--database-url", str(server.target.database_url)]
+            command += ["--changes", str(case.changes), "--pause", "0.05"]
+            what = f"change feed, {case.label} x{case.subscribers}"
+            result = run_checked(
+                pinned(command, ctx.client_cpu), env=ctx.env, timeout=600, what=what
+            )
+            fleet: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+            if fleet["incomplete"]:
+                raise BenchError(f"{what}: a change did not reach every subscriber: {fleet}")
+            return fleet
         command = python(
             "-m",
             "benchmarks.feedlat",
@@ -904,7 +944,366 @@ class ChangeFeed(Scenario):
 
 def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
+    if not ordered:
+        return float("nan")
     return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
+
+
+def fleet_command(server: Server, subscribers: int, processes: int = FLEET_PROCESSES) -> list[str]:
+    """benchmarks/fleet.py holding ``subscribers`` of ``server``; the caller adds the changes."""
+    command = python("-m", "benchmarks.fleet", "--url", server.url)
+    command += ["--subscribers", str(subscribers), "--processes", str(processes)]
+    command += ["--sources", str(FLEET_SOURCES), "--server-pid", str(server.proc.pid)]
+    if server.target.authenticated:
+        command += ["--token", TOKEN]
+    return command
+
+
+def fanout_note(figures: dict[str, Any]) -> str:
+    """What stands in the way of a fan-out target, by whose CPU was saturated."""
+    client, server = figures.get("client_cpu", 0.0), figures.get("server_cpu", 0.0)
+    if client >= 0.9:
+        return f"the load generator's core was busy ({client:.0%}): a client limit"
+    return (
+        f"the server (CPU {server:.0%} of its core, client {client:.0%}): each subscriber's "
+        "push is a queue put, a sender-task wake-up and a send through falcon and uvicorn "
+        "(see the README's fan-out profile)"
+    )
+
+
+# -- sustained fan-out -----------------------------------------------------------------------
+
+MIN_BROADCAST_RATIO = 0.8
+MAX_SUSTAINED_LAG_MS = 1000.0
+"""A rate holds when the changes were made at it, each reached every subscriber, none was
+dropped, and the p99 of commit to last arrival stayed within this: a subscriber falling behind
+shows as growing lag."""
+MIN_MADE_SHARE = 0.95
+"""A rate holds only if the changes were made at it (commits can be slower than asked)."""
+SUSTAINED_STEPS = 5
+"""Rates tried, halving from --sustained-rate, until one holds."""
+SUSTAINED_HEADER = [
+    "server",
+    "changes/s",
+    "made/s",
+    "offered deliveries/s",
+    "received deliveries/s",
+    "all p99 ms",
+    "not delivered",
+    "dropped",
+    "client CPU",
+    "server CPU",
+    "holds",
+]
+
+
+class SustainedFanout(Scenario):
+    """Changes at a rate to many subscribers, on the service and on the bare broadcast server.
+
+    `benchmarks/fleet.py` holds the subscribers and makes the changes at ``--sustained-rate``
+    a second for ``--sustained-seconds``: on the service, commits through its repository from
+    the fleet's process (another process than the server, as in the change-feed rows); on the
+    bare broadcast server, a message that it sends on to every other connection. When the
+    rate does not hold it is halved, up to SUSTAINED_STEPS times.
+    """
+
+    key = "sustained"
+    title = "Sustained fan-out: changes a second to many subscribers, against a bare broadcast"
+
+    def run(self, ctx: Context) -> Section:
+        args = ctx.args
+        rows, checks, data = [], [], {}
+        held: dict[str, dict[str, Any] | None] = {}
+        targets = [t for t in (ctx.targets.get(SQLITE), bare_broadcast()) if t is not None]
+        for target in targets:
+            server = ctx.start(target, nofile=args.sustained_subscribers + 1024, tag="-sustained")
+            held[target.key] = None
+            rate = args.sustained_rate
+            runs = []
+            for _ in range(SUSTAINED_STEPS):
+                figures = self.measure(ctx, server, rate)
+                runs.append(figures)
+                rows.append(self.row(target.label, figures))
+                log(
+                    f"sustained {target.key} {rate:g}/s: "
+                    f"{figures['deliveries_per_s']:,.0f} deliveries/s, holds {figures['holds']}"
+                )
+                if figures["holds"]:
+                    held[target.key] = figures
+                    break
+                rate /= 2
+            data[target.key] = runs
+            ctx.procs.stop(server.proc)
+        service_held, bare_held = held.get(SQLITE), held.get(BROADCAST)
+        offered = f"{args.sustained_rate:g} changes/s to {args.sustained_subscribers:,}"
+        first = data.get(SQLITE, [{}])[0]
+        checks.append(
+            Check(
+                f"sustained {offered} subscribers for {args.sustained_seconds:g} s, service "
+                "(SQLite): changes/s that hold",
+                service_held["rate"] if service_held else (0.0 if SQLITE in data else None),
+                ">=",
+                args.sustained_rate,
+                "/s",
+                "" if first.get("holds", True) else sustained_note(first),
+            )
+        )
+        ratio_value = (
+            divide(service_held["deliveries_per_s"], bare_held["deliveries_per_s"])
+            if service_held and bare_held
+            else (0.0 if bare_held and SQLITE in data else None)
+        )
+        note = ""
+        if service_held and bare_held and service_held["rate"] < bare_held["rate"]:
+            note = (
+                f"the service held {service_held['rate']:g}/s, "
+                f"the bare broadcast {bare_held['rate']:g}/s"
+            )
+        if data.get(SQLITE) and data.get(BROADCAST):
+            # NOTE: at the first rate both were offered the same; when neither held it, what
+            #   each received is its capacity, a finer ratio than the halving steps give.
+            capacity = divide(
+                data[SQLITE][0]["deliveries_per_s"], data[BROADCAST][0]["deliveries_per_s"]
+            )
+            note += f"{'; ' if note else ''}at {args.sustained_rate:g}/s received: {capacity:.2f}x"
+        checks.append(
+            Check(
+                "sustained fan-out: service deliveries/s vs the bare broadcast's (highest rate "
+                "that holds on each)",
+                ratio_value,
+                ">=",
+                MIN_BROADCAST_RATIO,
+                "x",
+                note,
+            )
+        )
+        lines = [
+            f"{args.sustained_subscribers:,} subscribers held by `benchmarks/fleet.py` "
+            f"({FLEET_PROCESSES} processes on the client core, source addresses 127.0.0.2 and "
+            f"up); changes offered at the rate for {args.sustained_seconds:g} s: on the service "
+            "(SQLite, REPORTS_FEED_WAKEUP=auto) commits through its repository from the fleet's "
+            "process, on the bare broadcast server (`benchmarks/servers/bare_broadcast.py`) a "
+            "message it sends on to every other connection. Made/s: the changes actually made a "
+            "second (commits slower than the rate fall behind it). Received deliveries/s: pushes "
+            "that arrived, over the time from the first change to the last arrival. all p99: "
+            "ms from a change being made to its last arrival. Not delivered: changes that had "
+            f"not reached every subscriber {SUSTAINED_GRACE:g} s after the last was made. "
+            "Dropped: connections the server closed (4001: its queue for that subscriber "
+            f"overflowed). A rate holds when the changes were made at it, none is missing or "
+            "dropped and all p99 is at most "
+            f"{MAX_SUSTAINED_LAG_MS:g} ms; else the rate is halved. CPU: of the whole run, as "
+            "a share of one core.",
+            "",
+            *table(SUSTAINED_HEADER, rows),
+        ]
+        return Section(self.key, self.title, lines, checks, data)
+
+    @staticmethod
+    def measure(ctx: Context, server: Server, rate: float) -> dict[str, Any]:
+        args = ctx.args
+        command = fleet_command(server, args.sustained_subscribers)
+        if server.target.key == BROADCAST:
+            command += ["--publish"]
+        else:
+            command += ["--database-url", str(server.target.database_url)]
+        command += ["--rate", str(rate), "--duration", str(args.sustained_seconds)]
+        command += ["--grace", str(SUSTAINED_GRACE)]
+        what = f"sustained {server.target.key} {rate:g}/s"
+        timeout = args.sustained_seconds + args.connect_budget + 120
+        result = run_checked(
+            pinned(command, ctx.client_cpu), env=ctx.env, timeout=timeout, what=what
+        )
+        figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+        if not server.proc.alive():
+            raise BenchError(f"{server.proc.name} died:\n{server.proc.tail()}")
+        figures["all_p99_ms"] = percentile(figures.pop("all_ms"), 99)
+        figures["first_p99_ms"] = percentile(figures.pop("first_ms"), 99)
+        figures["holds"] = (
+            figures["made_per_s"] >= MIN_MADE_SHARE * rate
+            and figures["incomplete"] == 0
+            and figures["closed"] == 0
+            and figures["disconnected"] == 0
+            and figures["all_p99_ms"] <= MAX_SUSTAINED_LAG_MS
+        )
+        return figures
+
+    @staticmethod
+    def row(label: str, figures: dict[str, Any]) -> list[str]:
+        return [
+            label,
+            num(figures["rate"], 1),
+            num(figures.get("made_per_s"), 1),
+            num(figures["rate"] * figures["subscribers"]),
+            num(figures["deliveries_per_s"]),
+            num(figures["all_p99_ms"], 1),
+            str(figures["incomplete"]),
+            f"{figures['closed'] + figures['disconnected']} {figures['close_codes'] or ''}".strip(),
+            percent(figures["client_cpu"]),
+            percent(figures["server_cpu"]),
+            "yes" if figures["holds"] else "no",
+        ]
+
+
+SUSTAINED_GRACE = 5.0
+
+
+def sustained_note(figures: dict[str, Any]) -> str:
+    why = []
+    if figures["made_per_s"] < MIN_MADE_SHARE * figures["rate"]:
+        why.append(f"only {figures['made_per_s']:.0f} changes/s made")
+    if figures["incomplete"]:
+        why.append(f"{figures['incomplete']} changes not delivered to all")
+    if figures["closed"] or figures["disconnected"]:
+        why.append(f"{figures['closed'] + figures['disconnected']} subscribers dropped")
+    if figures["all_p99_ms"] > MAX_SUSTAINED_LAG_MS:
+        why.append(f"p99 lag {figures['all_p99_ms']:,.0f} ms")
+    return f"at {figures['rate']:g}/s: {', '.join(why)}; " + fanout_note(figures)
+
+
+# -- 100,000 connections ---------------------------------------------------------------------
+
+MAX_OPEN_SECONDS = 120.0
+FD_HEADROOM = 1024
+"""File descriptors of the server kept for other uses than the connections (database, logs)."""
+CONNECTION_PROCESSES = 4
+CONNECTION_SOURCES = 16
+
+
+def fd_limit(pid: int) -> int:
+    """The soft RLIMIT_NOFILE of process ``pid``, from /proc/PID/limits."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise BenchError(f"no fd limit for process {pid}")
+
+
+class Connections(Scenario):
+    """Many idle, authenticated and subscribed connections to one service process (SQLite)."""
+
+    key = "connections"
+    title = "Connections: many subscribed connections on one process, and one change to all"
+
+    def run(self, ctx: Context) -> Section:
+        wanted = asked = ctx.args.many_connections
+        if SQLITE not in ctx.targets:
+            return Section(self.key, self.title, ["no SQLite target: skipped."])
+        limits = {
+            "REPORTS_MAX_CONNECTIONS": str(wanted + 100),
+            "REPORTS_MAX_CONNECTIONS_PER_TOKEN": str(wanted + 100),
+            "REPORTS_MAX_PENDING": str(wanted + 100),
+            "REPORTS_MAX_PENDING_PER_ADDRESS": str(wanted + 100),
+        }
+        sqlite = ctx.targets[SQLITE]
+        target = dataclasses.replace(
+            sqlite, key="sqlite-many", settings=(*sqlite.settings, *limits.items())
+        )
+        server = ctx.start(target, nofile=wanted + 4096, tag="-connections")
+        time.sleep(1.0)
+        before = rss_kib(server.proc.pid)
+        # NOTE: without CAP_SYS_RESOURCE (a container) no process may go past the hard fd
+        #   limit: the server then holds fewer, and the rows say so.
+        limit = fd_limit(server.proc.pid)
+        capped = ""
+        if limit < wanted + FD_HEADROOM:
+            capped = (
+                f"only {limit - FD_HEADROOM:,} of {wanted:,} asked for: the server's fd limit "
+                f"is {limit:,} (its hard limit; going past it needs CAP_SYS_RESOURCE)"
+            )
+            log(f"connections: {capped}")
+            wanted = limit - FD_HEADROOM
+        # NOTE: each fleet process is held to the same hard limit.
+        processes = max(CONNECTION_PROCESSES, -(-wanted // max(1, limit - FD_HEADROOM)))
+        command = fleet_command(server, wanted, processes)
+        command[command.index("--sources") + 1] = str(CONNECTION_SOURCES)
+        command += ["--database-url", str(target.database_url), "--changes", "1", "--wait"]
+        # NOTE: the target is 120 s; given longer, the run still measures the rest.
+        budget = max(ctx.args.connect_budget, 3 * MAX_OPEN_SECONDS)
+        command += ["--connect-budget", str(budget)]
+        fleet = ctx.procs.start(
+            "connections fleet",
+            pinned(command, ctx.client_cpu),
+            env=ctx.env,
+            log_path=ctx.log_dir / "connections-fleet.log",
+            pipes=True,
+        )
+        ready = read_json_line(fleet, budget + 90)
+        if ready.get("event") != "ready":
+            raise BenchError(f"connections fleet: unexpected {ready}")
+        time.sleep(1.0)
+        after = rss_kib(server.proc.pid)
+        assert fleet.popen.stdin is not None
+        fleet.popen.stdin.write(b"go\n")
+        fleet.popen.stdin.flush()
+        done = read_json_line(fleet, 120)
+        while done.get("event") != "done":
+            done = read_json_line(fleet, 120)
+        ctx.procs.stop(fleet)
+        ctx.procs.stop(server.proc)
+        opened = int(ready["connections"])
+        per_connection = (after - before) / opened if opened else float("nan")
+        reached = done["all_ms"][0] if done["all_ms"] else float("nan")
+        log(
+            f"connections: {opened:,} in {ready['seconds']:.1f} s, {per_connection:.1f} KiB each, "
+            f"one change to all in {reached:.0f} ms"
+        )
+        short = capped or ("" if opened >= wanted else f"only {opened:,} of {wanted:,} opened")
+        checks = [
+            Check(
+                f"{asked:,} subscribed connections opened within {MAX_OPEN_SECONDS:g} s, "
+                "service (SQLite)",
+                float(ready["seconds"]) if opened >= wanted and not capped else float("nan"),
+                "<=",
+                MAX_OPEN_SECONDS,
+                " s",
+                short,
+            ),
+            Check(
+                f"RSS per subscribed connection, {opened:,} connections",
+                per_connection,
+                "<=",
+                MAX_IDLE_KIB,
+                " KiB",
+                capped,
+            ),
+            Check(
+                f"one change delivered to every one of the {opened:,} connections",
+                100 * (done["delivered"] / opened) if opened else float("nan"),
+                ">=",
+                100.0,
+                "%",
+                (
+                    f"all of them had it {reached:,.0f} ms after the commit; "
+                    if done["all_ms"]
+                    else "not all had it 10 s after the commit; "
+                )
+                + fanout_note(done),
+            ),
+        ]
+        header = ["connections", "seconds to open", "RSS before MiB", "RSS with them MiB"]
+        header += ["KiB per connection", "first ms", "all ms", "client CPU"]
+        row = [
+            num(opened),
+            num(float(ready["seconds"]), 1),
+            num(before / 1024, 1),
+            num(after / 1024, 1),
+            num(per_connection, 2),
+            num(done["first_ms"][0] if done["first_ms"] else float("nan"), 0),
+            num(reached, 0),
+            percent(done["client_cpu"]),
+        ]
+        lines = [
+            f"One service process on SQLite with its limits raised for this server only "
+            f"(REPORTS_MAX_CONNECTIONS, _PER_TOKEN, REPORTS_MAX_PENDING, _PER_ADDRESS: "
+            f"{asked + 100:,}) and its fd limit; `benchmarks/fleet.py` opens the connections "
+            f"({processes} processes on the client core, source addresses 127.0.0.2 "
+            f"to 127.0.0.{CONNECTION_SOURCES + 1}), each sends the token and subscribes. VmRSS "
+            "before and with them; then one change is committed from the fleet's process and "
+            "timed until every connection has it.",
+            "",
+            *table(header, [row]),
+        ]
+        data = {"ready": ready, "done": done, "rss_before_kib": before, "rss_after_kib": after}
+        return Section(self.key, self.title, lines, checks, data)
 
 
 # -- system calls per round trip ---------------------------------------------------------------
@@ -1135,6 +1534,8 @@ SCENARIOS: list[type[Scenario]] = [
     RoundTrips,
     IdleCapacity,
     ChangeFeed,
+    SustainedFanout,
+    Connections,
     Syscalls,
     Profile,
 ]

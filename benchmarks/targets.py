@@ -8,7 +8,7 @@ from pathlib import Path
 
 from benchmarks import TOKEN
 from benchmarks.procs import Proc, Processes, free_port, log, pinned, python, wait_for_port
-from benchmarks.servers import BARE_ECHO, DICT_BASELINE, SERVICE
+from benchmarks.servers import BARE_BROADCAST, BARE_ECHO, DICT_BASELINE, SERVICE
 
 BARE = "bare"
 BASELINE = "baseline"
@@ -17,6 +17,8 @@ SQLITE_BIG = "sqlite-big"
 SQLITE_BIG_NO_CACHE = "sqlite-big-nocache"
 POSTGRES = "postgres"
 ALL_TARGETS = (BARE, BASELINE, SQLITE, SQLITE_BIG, SQLITE_BIG_NO_CACHE, POSTGRES)
+BROADCAST = "broadcast"
+"""The bare broadcast server: only the fan-out scenarios use it, not --targets."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,14 @@ class Target:
 
 def bare_echo() -> Target:
     return Target(BARE, "bare ASGI echo (no framework)", BARE_ECHO, "/", "echo", False, 4)
+
+
+def bare_broadcast() -> Target:
+    # NOTE: it never says that a WebSocket is served (see handshake.py), so every connection
+    #   counts as pending: the service's uvicorn options would refuse all but the first few.
+    caps = (("REPORTS_MAX_PENDING", "1000000"), ("REPORTS_MAX_PENDING_PER_ADDRESS", "1000000"))
+    label = "bare ASGI broadcast (no framework)"
+    return Target(BROADCAST, label, BARE_BROADCAST, "/", "echo", False, 4, settings=caps)
 
 
 def dict_baseline() -> Target:

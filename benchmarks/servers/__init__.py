@@ -3,3 +3,4 @@
 BARE_ECHO = "benchmarks.servers.bare_echo:app"
 DICT_BASELINE = "benchmarks.servers.dict_baseline:app"
 SERVICE = "reports_service.asgi:app"
+BARE_BROADCAST = "benchmarks.servers.bare_broadcast:app"
