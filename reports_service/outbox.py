@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -37,44 +38,43 @@ class Peer(Protocol):
 
 
 class Outbox:
-    """Messages waiting to be sent, in order, by a task of its own; at most ``size``.
+    """Messages waiting to be sent, in order, by a task of its own while any wait; at most
+    ``size``. An encoded frame with nothing before it is sent at once when the connection takes
+    it without waiting.
 
     When full, the connection is closed with 4001 (slow consumer) rather than waited for.
     """
 
-    __slots__ = ("_gone", "_peer", "_queue", "_sender", "_sending", "closed_slow")
+    __slots__ = ("_gone", "_peer", "_queue", "_sender", "_size", "closed_slow")
 
     def __init__(self, peer: Peer, size: int, gone: Callable[[], None]) -> None:
         self._peer = peer
-        self._queue: asyncio.Queue[tuple[Any, bool]] = asyncio.Queue(size)
+        self._size = size
+        # NOTE: a deque and a task only while something waits: most subscribers' pushes go
+        #   out at once, and an idle subscriber keeps neither an asyncio.Queue (3 KiB) nor a
+        #   waiting task (1 KiB).
+        self._queue: deque[tuple[Any, bool]] = deque()
         self._sender: asyncio.Task[None] | None = None
         self._gone = gone  # called when the peer has disconnected
-        self._sending = False  # NOTE: the sender has a message out of the queue, not yet sent
         self.closed_slow = False
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     def push(self, message: Any, binary: bool) -> bool:
-        """Queue ``message``; False when the outbox is full (the caller calls close_slow)."""
+        """Send or queue ``message``; False when the outbox is full (the caller calls
+        close_slow)."""
         if self.closed_slow:
             return True
-        # NOTE: an encoded frame with nothing before it goes out at once when the connection
-        #   takes it without waiting; else, and for the rest, in order through the queue.
-        if (
-            isinstance(message, str | bytes)
-            and not self._sending
-            and self._queue.empty()
-            and self._peer.send_now(message)
-        ):
+        idle = self._sender is None or self._sender.done()
+        if idle and isinstance(message, str | bytes) and self._peer.send_now(message):
             return True
-        if self._sender is None or self._sender.done():
-            self._sender = tasks.spawn(self._send_loop(), name="session-sender")
-        try:
-            self._queue.put_nowait((message, binary))
-        except asyncio.QueueFull:
+        if len(self._queue) - (0 if idle else 1) >= self._size:  # NOTE: not the one being sent
             return False
+        self._queue.append((message, binary))
+        if idle:
+            self._sender = tasks.spawn(self._send_loop(), name="session-sender")
         return True
 
     def close_slow(self) -> None:
@@ -89,26 +89,21 @@ class Outbox:
 
     async def drained(self) -> None:
         """Wait until every message pushed so far is sent, or the sender has stopped."""
-        if self._sender is None or self._sender.done():
-            return
-        sent = asyncio.ensure_future(self._queue.join())
-        try:
-            await asyncio.wait([sent, self._sender], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sent.cancel()
+        if self._sender is not None and not self._sender.done():
+            await asyncio.wait([self._sender])
 
     async def _send_loop(self) -> None:
-        while True:
-            message, binary = await self._queue.get()
-            self._sending = True
+        """Send what is queued, in order (a message leaves the queue once sent); then end."""
+        queue = self._queue
+        while queue:
+            message, binary = queue[0]
             try:
                 await self._peer.send(message, BINARY if binary else TEXT)
             except WebSocketDisconnected:
+                queue.clear()
                 self._gone()
                 return
-            finally:
-                self._sending = False
-                self._queue.task_done()
+            queue.popleft()
 
     async def close(self) -> None:
         if self._sender is not None:
