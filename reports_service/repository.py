@@ -250,7 +250,10 @@ class ReportRepository:
         self._draining = False
         self._pending: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
         self._drainer: asyncio.Task[None] | None = None
-        self.largest_batch = 0  # NOTE: the most writes one commit has carried (diagnostics)
+        # NOTE: diagnostics (tests read them): transactions group commit began, the most
+        #   writes one of them carried.
+        self.batches = 0
+        self.largest_batch = 0
         path = engine.url.database if engine.dialect.name == "sqlite" else None
         self._point_reader: SQLitePointReader | None = None
         if path and path != ":memory:":
@@ -393,6 +396,11 @@ class ReportRepository:
         # NOTE: a caller cancelled before its write started cancels it (see _commit_queued).
         return cast(T, await asyncio.wrap_future(future))
 
+    @property
+    def queued_writes(self) -> int:
+        """The writes waiting for a transaction (not those of the transaction running)."""
+        return len(self._queue) + len(self._pending)
+
     def _drain_queue(self) -> None:
         """In the writer thread: commit the queued writes, a batch at a time, until none is left."""
         while True:
@@ -418,6 +426,7 @@ class ReportRepository:
                 ready.append(write)
         if not ready:
             return
+        self.batches += 1
         self.largest_batch = max(self.largest_batch, len(ready))
         remaining = self._busy_timeout - (now - ready[0].asked)
         # NOTE: the whole timeout unless the write queued noticeably; the pragma only when the
@@ -456,6 +465,7 @@ class ReportRepository:
                 batch = [(body, future) for body, future in batch if not future.done()]
                 if not batch:
                     continue
+                self.batches += 1
                 self.largest_batch = max(self.largest_batch, len(batch))
                 try:
                     # NOTE: the bodies run in a greenlet, each statement awaited on asyncpg's
