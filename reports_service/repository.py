@@ -197,8 +197,11 @@ def _run_batch(conn: Connection, bodies: Sequence[Callable[[Connection], Any]]) 
         try:
             outcomes.append(body(conn))
         except Exception as error:
-            # NOTE: if the rollback fails too, the transaction is broken: the batch fails.
+            # NOTE: if the rollback fails too, the transaction is broken: the batch fails. So
+            #   it does when the connection was lost (the rollback then does nothing).
             savepoint.rollback()
+            if conn.invalidated:
+                raise
             outcomes.append(_Failed(error))
         else:
             savepoint.commit()
