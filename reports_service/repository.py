@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import hmac
 import json
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
@@ -117,6 +120,9 @@ _PRUNE_AND_NOTIFY = text(
     "WITH pruned AS (DELETE FROM report_changes WHERE version <= :upto) "
     "SELECT pg_notify(:channel, :latest)"
 )
+# NOTE: the most writes one group commit runs together (see ReportRepository._transaction):
+#   enough to share one fsync among many writers, few enough that one commit stays short.
+MAX_BATCH = 64
 # NOTE: SQLite allows 32766 bound parameters per statement, PostgreSQL 32767; stay below.
 _CHUNK = 10_000
 
@@ -168,6 +174,56 @@ def _prefixed(row: dict[str, Any]) -> dict[str, Any]:
     return {f"b_{key}": value for key, value in row.items()}
 
 
+@dataclass
+class _Queued:
+    """A write waiting for the SQLite writer thread: its body, when it was asked, its answer."""
+
+    body: Callable[[Connection], Any]
+    asked: float
+    future: concurrent.futures.Future[Any]
+
+
+def _run_batch(conn: Connection, bodies: Sequence[Callable[[Connection], Any]]) -> list[Any]:
+    """Run ``bodies`` in ``conn``'s transaction: what each returned, or the exception it raised.
+
+    One body runs as it is (its exception rolls the transaction back); several run each in a
+    SAVEPOINT, so one that fails is rolled back alone and the others still commit.
+    """
+    if len(bodies) == 1:
+        return [bodies[0](conn)]
+    outcomes: list[Any] = []
+    for body in bodies:
+        savepoint = conn.begin_nested()
+        try:
+            outcomes.append(body(conn))
+        except Exception as error:
+            # NOTE: if the rollback fails too, the transaction is broken: the batch fails. So
+            #   it does when the connection was lost (the rollback then does nothing).
+            savepoint.rollback()
+            if conn.invalidated:
+                raise
+            outcomes.append(_Failed(error))
+        else:
+            savepoint.commit()
+    return outcomes
+
+
+@dataclass
+class _Failed:
+    """The exception a body of a batch raised (its savepoint rolled back)."""
+
+    error: Exception
+
+
+def _answer(future: concurrent.futures.Future[Any] | asyncio.Future[Any], outcome: Any) -> None:
+    if future.done():  # NOTE: an asyncio caller that was cancelled meanwhile
+        return
+    if isinstance(outcome, _Failed):
+        future.set_exception(outcome.error)
+    else:
+        future.set_result(outcome)
+
+
 class ReportRepository:
     """Reports and access tokens in a SQL database."""
 
@@ -190,6 +246,17 @@ class ReportRepository:
             self._busy_timeout = sync_writer.busy_timeout
         self._busy_ms = 0  # NOTE: the busy timeout the writer thread's connection has now
         self._writer_thread: ThreadPoolExecutor | None = None
+        # NOTE: group commit: the writes waiting for the transaction that runs now. SQLite:
+        #   _queue, drained by the writer thread; else _pending, drained by the _drainer task.
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Queued] = []
+        self._draining = False
+        self._pending: list[tuple[Callable[[Connection], Any], asyncio.Future[Any]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+        # NOTE: diagnostics (tests read them): transactions group commit began, the most
+        #   writes one of them carried.
+        self.batches = 0
+        self.largest_batch = 0
         path = engine.url.database if engine.dialect.name == "sqlite" else None
         self._point_reader: SQLitePointReader | None = None
         if path and path != ":memory:":
@@ -313,37 +380,116 @@ class ReportRepository:
         return await self._transaction(put)
 
     async def _transaction(self, body: Callable[[Connection], T]) -> T:
-        """``body`` run in one write transaction, committed if it returns."""
-        if self._sync_writer is None:
-            # NOTE: PostgreSQL (or SQLite in memory): the body runs in a greenlet, each
-            #   statement awaited on asyncpg's connection in the loop, without a thread.
-            async with self._writer.begin() as conn:
-                return await conn.run_sync(body)
-        if self._writer_thread is None:
-            self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        loop = asyncio.get_running_loop()
-        asked = time.monotonic()
-        return await loop.run_in_executor(self._writer_thread, self._in_writer_thread, body, asked)
+        """``body`` run in a write transaction, answered once that transaction committed.
 
-    def _in_writer_thread(self, body: Callable[[Connection], T], asked: float) -> T:
-        """Run ``body`` in a transaction; it waits for SQLite's lock only for what remains of
-        the busy timeout since the write was ``asked`` (it may have queued behind others)."""
+        Group commit: the writes asked while a transaction runs are run together in the next
+        one (at most MAX_BATCH), each in its own savepoint, and share its commit (one fsync).
+        A write that fails raises to its caller alone; if the commit fails, all of them fail.
+        """
+        if self._sync_writer is None:
+            return cast(T, await self._in_drainer(body))
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._queue_lock:
+            self._queue.append(_Queued(body, time.monotonic(), future))
+            if not self._draining:
+                if self._writer_thread is None:
+                    self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+                self._writer_thread.submit(self._drain_queue)
+                self._draining = True
+        # NOTE: a caller cancelled before its write started cancels it (see _commit_queued).
+        return cast(T, await asyncio.wrap_future(future))
+
+    @property
+    def queued_writes(self) -> int:
+        """The writes waiting for a transaction (not those of the transaction running)."""
+        return len(self._queue) + len(self._pending)
+
+    def _drain_queue(self) -> None:
+        """In the writer thread: commit the queued writes, a batch at a time, until none is left."""
+        while True:
+            with self._queue_lock:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                if not batch:
+                    self._draining = False
+                    return
+            self._commit_queued(batch)
+
+    def _commit_queued(self, batch: list[_Queued]) -> None:
+        """Run ``batch`` in one transaction; the lock is waited for only for what remains of
+        the busy timeout since its oldest write was asked (it may have queued behind others)."""
         assert self._sync_writer is not None
-        remaining = self._busy_timeout - (time.monotonic() - asked)
-        if remaining <= 0:
-            raise sqlite3.OperationalError("database is locked")
+        now = time.monotonic()
+        ready: list[_Queued] = []
+        for write in batch:
+            if not write.future.set_running_or_notify_cancel():
+                continue
+            if self._busy_timeout - (now - write.asked) <= 0:
+                write.future.set_exception(sqlite3.OperationalError("database is locked"))
+            else:
+                ready.append(write)
+        if not ready:
+            return
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(ready))
+        remaining = self._busy_timeout - (now - ready[0].asked)
         # NOTE: the whole timeout unless the write queued noticeably; the pragma only when the
         #   timeout changes, so the usual write runs no more statements than before.
         queued = remaining < self._busy_timeout - 0.01
         busy_ms = max(1, int((remaining if queued else self._busy_timeout) * 1000))
-        with self._sync_writer.connect() as conn:
-            if busy_ms != self._busy_ms:
-                driver = conn.connection.driver_connection
-                assert driver is not None
-                driver.execute(f"PRAGMA busy_timeout={busy_ms}")
-                self._busy_ms = busy_ms
-            with conn.begin():
-                return body(conn)
+        try:
+            with self._sync_writer.connect() as conn:
+                if busy_ms != self._busy_ms:
+                    driver = conn.connection.driver_connection
+                    assert driver is not None
+                    driver.execute(f"PRAGMA busy_timeout={busy_ms}")
+                    self._busy_ms = busy_ms
+                with conn.begin():
+                    outcomes = _run_batch(conn, [write.body for write in ready])
+        except BaseException as error:  # NOTE: nothing of the batch committed
+            for write in ready:
+                write.future.set_exception(error)
+            return
+        for write, outcome in zip(ready, outcomes, strict=True):
+            _answer(write.future, outcome)
+
+    async def _in_drainer(self, body: Callable[[Connection], Any]) -> Any:
+        """PostgreSQL (or SQLite in memory): ``body`` queued for the task that drains them."""
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((body, future))
+        if self._drainer is None:
+            self._drainer = asyncio.create_task(self._drain_pending())
+        return await future
+
+    async def _drain_pending(self) -> None:
+        """Commit the pending writes, a batch per transaction, until none is left."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                batch = [(body, future) for body, future in batch if not future.done()]
+                if not batch:
+                    continue
+                self.batches += 1
+                self.largest_batch = max(self.largest_batch, len(batch))
+                try:
+                    # NOTE: the bodies run in a greenlet, each statement awaited on asyncpg's
+                    #   connection in the loop, without a thread.
+                    async with self._writer.begin() as conn:
+                        outcomes = await conn.run_sync(_run_batch, [body for body, _ in batch])
+                except asyncio.CancelledError:
+                    for _, future in batch:
+                        future.cancel()
+                    raise
+                except Exception as error:  # NOTE: nothing of the batch committed
+                    outcomes = [_Failed(error)] * len(batch)
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    _answer(future, outcome)
+        finally:
+            # NOTE: no await between the loop's last check and here: nothing can be queued
+            #   without a drainer to take it.
+            self._drainer = None
+            for _, future in self._pending:  # NOTE: only left if this task was cancelled
+                future.cancel()
+            self._pending = []
 
     def _write(
         self, conn: Connection, items: Sequence[NewReport], existing: set[str], latest: int
@@ -585,6 +731,8 @@ class ReportRepository:
             return (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
 
     async def dispose(self) -> None:
+        if self._drainer is not None:
+            await asyncio.wait([self._drainer])
         if self._point_reader is not None:
             self._point_reader.close()
         if self._sync_writer is not None:
