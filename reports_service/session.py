@@ -36,6 +36,7 @@ from .protocol import (
     error_reply,
     event_frame,
     identity,
+    plain_text,
     request_id,
 )
 from .records import Change
@@ -120,7 +121,9 @@ class ReportsSession:
                 except ServiceError as error:
                     logger.warning("query failed: %s", error)
                     return UNAVAILABLE, PLAIN_UNAVAILABLE
-            return reply, PLAIN_OK if reply is not REPORT_NOT_FOUND else PLAIN_NOT_FOUND
+            if reply is REPORT_NOT_FOUND:
+                return (reply if self._last_binary else plain_text(None)), PLAIN_NOT_FOUND
+            return (reply if self._last_binary else plain_text(reply["report"])), PLAIN_OK
         kind = str(type(message).__struct_config__.tag)
         try:
             return await self._dispatch(message, isinstance(payload, bytes)), (kind, "ok")
