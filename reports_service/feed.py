@@ -87,6 +87,16 @@ class ChangeFeed:
 
     # -- reading through the cache ---------------------------------------------------------
 
+    def cached(self, name: str) -> object:
+        """The report ``name`` (a Report, or None) from the cache, if it may be trusted now
+        without waiting for anything; else MISSING, and :meth:`report` answers."""
+        # NOTE: the same checks as report()'s, without a coroutine: most queries are hits.
+        if not self._watcher.connected or self.version is None:
+            return MISSING
+        if self._behind or self._lock.locked() or self._is_behind_this_tick():
+            return MISSING
+        return self._cache.get(name, MISSING)
+
     async def report(self, name: str) -> Report | None:
         """The report ``name`` as committed when this call started: cached, or read."""
         if self._watcher.connected and self.version is not None:

@@ -516,6 +516,16 @@ def report_reply(report: Report | None) -> dict[str, str]:
     return REPORT_NOT_FOUND if report is None else {"report": report.title}
 
 
+@functools.lru_cache(maxsize=1024)
+def plain_text(reply: str | None) -> str:
+    """The text frame of a plain query's reply, for the title ``reply`` (None: not found).
+
+    NOTE: encoded once per title, not once per message; at most 1,024 titles of at most 500
+    characters are kept.
+    """
+    return encode_text(REPORT_NOT_FOUND if reply is None else {"report": reply})
+
+
 def echo_reply(payload: Payload) -> dict[str, Any]:
     """The echo route's reply: the message back (a text, or a MessagePack value) with the time."""
     message = payload if isinstance(payload, str) else unpack(payload)

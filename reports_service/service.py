@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Collection
 
 from .access import Grant
 from .errors import VersionConflict
-from .feed import ChangeFeed, Subscriber
+from .feed import MISSING, ChangeFeed, Subscriber
 from .metrics import query_done
 from .protocol import (
     Get,
@@ -44,6 +44,14 @@ class ReportService:
     def __init__(self, repository: ReportRepository, feed: ChangeFeed) -> None:
         self._repository = repository
         self._feed = feed
+
+    def plain_now(self, name: str, grant: Grant) -> dict[str, str] | None:
+        """The reply to a plain query when the cache answers it at once; else None, and
+        :meth:`plain` answers."""
+        if not grant.can_read(name):
+            return report_reply(None)
+        report = self._feed.cached(name)
+        return None if report is MISSING else report_reply(report)  # type: ignore[arg-type]
 
     async def plain(self, name: str, grant: Grant) -> dict[str, str]:
         return report_reply(await self.report(name, grant))

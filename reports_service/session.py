@@ -9,7 +9,7 @@ from .access import Authenticator, InvalidToken, KeysUnavailable
 from .codes import Close
 from .errors import DatabaseUnavailable, ServiceError
 from .limits import Refused
-from .metrics import MESSAGE_TALLY, REPLY_TALLY
+from .metrics import TALLY
 from .outbox import Outbox, Peer
 from .protocol import (
     REPORT_NOT_FOUND,
@@ -36,12 +36,18 @@ from .protocol import (
     error_reply,
     event_frame,
     identity,
+    plain_text,
     request_id,
 )
 from .records import Change
 from .service import REPLAY_BATCH, ReportService, too_many_to_replay
 
 logger = logging.getLogger("reports_service.session")
+
+_COUNTS = TALLY.counts  # NOTE: cleared in place by flush(), never replaced
+PLAIN_OK = ("plain", "ok")
+PLAIN_NOT_FOUND = ("plain", "not_found")
+PLAIN_UNAVAILABLE = ("plain", "unavailable")
 
 
 class ReportsSession:
@@ -91,39 +97,42 @@ class ReportsSession:
     async def handle(self, payload: Payload) -> Any:
         """The direct reply to one message, or None when the reply goes through the outbox."""
         self._last_binary = isinstance(payload, bytes)
-        reply, kind, outcome = await self._answer(payload)
-        MESSAGE_TALLY.counts[kind] += 1
-        REPLY_TALLY.counts[outcome] += 1
+        reply, tally = await self._answer(payload)
+        _COUNTS[tally] = _COUNTS.get(tally, 0) + 1
         return reply
 
-    async def _answer(self, payload: Payload) -> tuple[Any, str, str]:
-        """(reply, kind of message, outcome)"""
+    async def _answer(self, payload: Payload) -> tuple[Any, tuple[str, str]]:
+        """(reply, (kind of message, outcome))"""
         try:
             message = decode(payload)
         except RequestError as error:
             return (
                 error_reply(request_id(payload), error.code, error.message),
-                "invalid",
-                error.code,
+                ("invalid", error.code),
             )
         except ProtocolError as error:
-            return {"error": str(error)}, "invalid", "invalid_request"
+            return {"error": str(error)}, ("invalid", "invalid_request")
         if isinstance(message, str):
-            try:
-                reply = await self._service.plain(message, self._peer.grant)
-            except ServiceError as error:
-                logger.warning("query failed: %s", error)
-                return UNAVAILABLE, "plain", "unavailable"
-            return reply, "plain", "ok" if reply is not REPORT_NOT_FOUND else "not_found"
-        kind = type(message).__struct_config__.tag
+            # NOTE: a cache hit is answered without a coroutine of the service's or the feed's.
+            reply = self._service.plain_now(message, self._peer.grant)
+            if reply is None:
+                try:
+                    reply = await self._service.plain(message, self._peer.grant)
+                except ServiceError as error:
+                    logger.warning("query failed: %s", error)
+                    return UNAVAILABLE, PLAIN_UNAVAILABLE
+            if reply is REPORT_NOT_FOUND:
+                return (reply if self._last_binary else plain_text(None)), PLAIN_NOT_FOUND
+            return (reply if self._last_binary else plain_text(reply["report"])), PLAIN_OK
+        kind = str(type(message).__struct_config__.tag)
         try:
-            return await self._dispatch(message, isinstance(payload, bytes)), str(kind), "ok"
+            return await self._dispatch(message, isinstance(payload, bytes)), (kind, "ok")
         except RequestError as error:
-            return error_reply(message.id, error.code, error.message), str(kind), error.code
+            return error_reply(message.id, error.code, error.message), (kind, error.code)
         except ServiceError as error:
             logger.warning("request failed: %s", error)
             failed = error_reply(message.id, "unavailable", "database unavailable, retry later")
-            return failed, str(kind), "unavailable"
+            return failed, (kind, "unavailable")
 
     async def _dispatch(self, request: AnyRequest, binary: bool) -> Any:
         grant = self._peer.grant

@@ -14,7 +14,7 @@ from ..codes import Close
 from ..config import Settings
 from ..limits import Refused
 from ..metrics import count_close
-from ..protocol import Payload, internal_error, payload_type
+from ..protocol import BINARY, TEXT, Payload, internal_error
 from .connection import Connection
 from .registry import ConnectionRegistry
 
@@ -84,25 +84,25 @@ class WebSocketRoute(Generic[S]):
             except WebSocketDisconnected as disconnected:
                 count_close(disconnected.code)
                 return
-            assert isinstance(payload, str | bytes)
+            assert isinstance(payload, (str, bytes))  # NOTE: a tuple: no union built per message
             if not conn.received(payload):
                 await conn.close(Close.MESSAGE_TOO_BIG, "message too big")
                 return
-            await self._reply(state, conn, payload)
-            del payload  # NOTE: not kept while waiting for the next message
-
-    async def _reply(self, state: S, conn: Connection, payload: Payload) -> None:
-        """Answer one message; a failure nobody expected gets an error reply, not a 1011."""
-        kind = payload_type(payload)
-        try:
-            reply = await self.answer(state, conn, payload)
+            # NOTE: the answer is written out here, not in a coroutine of its own per message. A
+            #   failure nobody expected gets an error reply, not a 1011; it is logged here, in
+            #   the service's format, and the connection and its other requests go on
+            #   (CancelledError is not an Exception: it still ends the task).
+            kind = BINARY if isinstance(payload, bytes) else TEXT
+            try:
+                reply = await self.answer(state, conn, payload)
+                if reply is not None:
+                    await conn.send(reply, kind)
+                reply = None
+            except (Refused, WebSocketDisconnected):
+                raise
+            except Exception:
+                logger.exception("failed to answer a message on %s", self.route)
+                reply = internal_error(payload)
             if reply is not None:
                 await conn.send(reply, kind)
-            return
-        except (Refused, WebSocketDisconnected):
-            raise
-        except Exception:
-            # NOTE: logged here, in the service's format; the connection and its other
-            #   requests go on (CancelledError is not an Exception: it still ends the task).
-            logger.exception("failed to answer a message on %s", self.route)
-        await conn.send(internal_error(payload), kind)
+            del payload, reply  # NOTE: not kept while waiting for the next message
