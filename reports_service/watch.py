@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import mmap
 import os
 import sqlite3
 import time
@@ -71,9 +70,6 @@ class SQLiteWatcher:
     SETTLE_FIRST = 0.0005
     SETTLE = 1.0
     SAFETY_INTERVAL = 5.0
-    # NOTE: the two copies of the WAL-index header at the start of the -shm file (48 bytes
-    #   each, https://sqlite.org/walformat.html#the_wal_index_file_format).
-    SHM_HEADER = 96
 
     def __init__(self, path: str, *, wakeup: str = "auto") -> None:
         self._path = path
@@ -84,8 +80,6 @@ class SQLiteWatcher:
         self._names: set[str] = set()
         self._wake: Callable[[], None] = _nothing
         self._active_at = -math.inf  # NOTE: the last write or change seen
-        self._shm: mmap.mmap | None = None
-        self._header = b""  # NOTE: the WAL-index header when data_version was last read
 
     @property
     def connected(self) -> bool:
@@ -107,7 +101,6 @@ class SQLiteWatcher:
         except sqlite3.Error as error:
             raise DatabaseUnavailable.from_error(error) from error
         self._last = None
-        self._unmap()
         if self._wakeup == "auto" and self._watch is None:
             self._start_watch()
 
@@ -150,53 +143,21 @@ class SQLiteWatcher:
     def changed(self) -> bool:
         if self._conn is None:
             return True
-        # NOTE: every commit rewrites the WAL-index header in the -shm file, which SQLite
-        #   maps into memory; reading it from our own mapping costs no system call, while
-        #   PRAGMA data_version takes and drops a shared-memory lock (two fcntl calls, about
-        #   7 µs here). Only when the header moved is data_version asked. A header read while
-        #   a writer rewrites it differs from the one kept, so it is asked then too.
-        shm = self._shm
-        header = b""
-        if shm is not None:
-            header = shm[: self.SHM_HEADER]
-            if header == self._header:
-                return False
         try:
             (value,) = self._conn.execute("PRAGMA data_version").fetchone()
         except sqlite3.Error as error:
             if is_busy(error):
                 return True  # NOTE: cannot tell: the feed reads the changelog, which may wait
-            self._unmap()
             self._conn.close()
             self._conn = None
             raise DatabaseUnavailable.from_error(error) from error
-        if shm is None:
-            self._map()
-        elif header[:48] == header[48:]:  # NOTE: both copies agree: not caught mid-write
-            self._header = header
         first, changed, self._last = self._last is None, value != self._last, value
         if changed and not first:
             self._active_at = time.monotonic()  # NOTE: more may follow (one write, two commits)
         return bool(changed)
 
-    def _map(self) -> None:
-        """Map the -shm file, which the connection has open since its first read: while it is
-        open no other connection truncates it. Without one (not in WAL mode), none is used."""
-        with contextlib.suppress(OSError, ValueError):
-            fd = os.open(f"{self._path}-shm", os.O_RDONLY)
-            try:
-                self._shm = mmap.mmap(fd, self.SHM_HEADER, access=mmap.ACCESS_READ)
-            finally:
-                os.close(fd)
-
-    def _unmap(self) -> None:
-        shm, self._shm, self._header = self._shm, None, b""
-        if shm is not None:
-            shm.close()
-
     async def close(self) -> None:
         self._stop_watch()
-        self._unmap()
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -136,23 +136,3 @@ async def test_a_commit_by_seed_py_reaches_a_subscriber(
         await ws.close()
     sqlite = db_env["REPORTS_DATABASE_URL"].startswith("sqlite")
     assert ("(inotify)" in server.log()) == (sqlite and wakeup == "auto")
-
-
-async def test_the_sqlite_watcher_tells_every_commit_of_another_writer_once(
-    seeded_repository: ReportRepository, other: ReportRepository, settings: Settings
-) -> None:
-    """changed() reads SQLite's shared-memory header, asking data_version only when it moved:
-    every commit of another connection is still told, once, checkpoints included."""
-    if not settings.database_url.startswith("sqlite"):
-        pytest.skip("the -shm file is SQLite's")
-    watcher = watcher_for(seeded_repository.engine, "poll")
-    await watcher.connect()
-    try:
-        watcher.changed()  # NOTE: the first answer is True: "since ever"
-        assert not watcher.changed()
-        for n in range(30):
-            await other.add_reports([NewReport(f"other{n}", "Other", "x" * 20_000)])
-            assert watcher.changed(), n
-            assert not watcher.changed(), n
-    finally:
-        await watcher.close()
