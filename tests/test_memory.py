@@ -54,6 +54,7 @@ async def test_idle_connections_let_go_of_the_handshake(port: int) -> None:
         for ws in sockets:
             protocol: Any = ws._asgi_send.__self__  # type: ignore[attr-defined]
             assert protocol.handshake_complete and protocol.response is None
+            assert not protocol.request.headers  # websockets' copy, which its parser keeps
             assert protocol.scope["headers"] == []
         # Falcon's receive buffer (unused: max_receive_queue = 0) is one for all, in the
         # event loop it was made in (its own: see test_transport.py).
