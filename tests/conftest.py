@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,13 @@ from reports_service.repository import ReportRepository, repository_for
 
 from .databases import PostgresTemplate, SQLiteTemplate, backends
 from .server import Server
+
+# NOTE: a shell starts a background job (`.ci/run &`, nohup) with SIGINT ignored, and every
+#   process it starts inherits that: the clients would then ignore the Ctrl-C their tests send
+#   (tests/test_cli_prompts.py, test_cli_watch.py). A Python handler is not inherited across
+#   exec, so with this one in the suite's process its children start with the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TOKEN = "test-token-0123456789"
 WRITE_TOKEN = "test-write-token-0123456789"
