@@ -130,7 +130,7 @@ def _abort_holds() -> bool:
 
 
 def _handshake_holds() -> bool:
-    needed = {"handshake_complete", "response"}
+    needed = {"handshake_complete", "response", "request"}
     return _uvicorn_send_is_bound() and needed <= _code_words(_uvicorn_class())
 
 

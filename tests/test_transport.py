@@ -77,6 +77,16 @@ async def test_the_installed_versions_pass_the_check_silently(
     assert transport.check() == []
 
 
+def test_a_uvicorn_that_no_longer_keeps_the_handshake_request_is_told(
+    logged: Lines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The headers saving reads uvicorn's `protocol.request`: a release without it is told."""
+    words = transport._code_words
+    monkeypatch.setattr(transport, "_code_words", lambda cls: words(cls) - {"request"})
+    assert transport.check() == [transport.HANDSHAKE_KEPT]
+    assert logged.warnings() == [f"WARNING {transport.HANDSHAKE_KEPT}"]
+
+
 class MovedReceiver:
     """Falcon's receive buffer as a later release might keep it: its fields renamed."""
 
