@@ -24,6 +24,7 @@ from .watch import CommitWatcher, watcher_for
 logger = logging.getLogger("reports_service.feed")
 
 BATCH = 500
+PUSH_TOGETHER = 16  # NOTE: the most changes of one read pushed before the loop is let go
 RETRY_INTERVAL = 0.5
 STOP_TIMEOUT = 5.0
 MISSING = object()
@@ -251,12 +252,13 @@ class ChangeFeed:
             self._cache_bytes = 0
         while True:
             batch = await self._repository.changes_since(self.version, limit=BATCH)
-            for change in batch:
+            for applied, change in enumerate(batch, start=1):
                 self._apply(change)
-                if self._subscribers:
-                    # NOTE: let the connections' senders drain between changes, so that a
-                    #   burst (one transaction adding many reports) does not overflow a
-                    #   subscriber that keeps up.
+                if self._subscribers and applied % PUSH_TOGETHER == 0:
+                    # NOTE: let the connections' senders drain between a few changes, so that
+                    #   a burst (one transaction adding many reports) does not overflow a
+                    #   subscriber that keeps up; the changes between are written to each
+                    #   subscriber together (transport.send_now).
                     await asyncio.sleep(0)
             if batch:
                 self._measure(batch[-1])
