@@ -24,7 +24,10 @@ from .watch import CommitWatcher, watcher_for
 logger = logging.getLogger("reports_service.feed")
 
 BATCH = 500
-PUSH_TOGETHER = 16  # NOTE: the most changes of one read pushed before the loop is let go
+# NOTE: the most changes of one read, and about the most characters of them, pushed before
+#   the loop is let go: the second one below what fills uvicorn's write buffer (64 KiB).
+PUSH_TOGETHER = 16
+PUSH_BYTES = 32_768
 RETRY_INTERVAL = 0.5
 STOP_TIMEOUT = 5.0
 MISSING = object()
@@ -252,13 +255,17 @@ class ChangeFeed:
             self._cache_bytes = 0
         while True:
             batch = await self._repository.changes_since(self.version, limit=BATCH)
-            for applied, change in enumerate(batch, start=1):
+            together, size = 0, 0
+            for change in batch:
                 self._apply(change)
-                if self._subscribers and applied % PUSH_TOGETHER == 0:
+                together += 1
+                size += len(change.report.title) + len(change.report.content)
+                if self._subscribers and (together == PUSH_TOGETHER or size >= PUSH_BYTES):
                     # NOTE: let the connections' senders drain between a few changes, so that
                     #   a burst (one transaction adding many reports) does not overflow a
                     #   subscriber that keeps up; the changes between are written to each
                     #   subscriber together (transport.send_now).
+                    together, size = 0, 0
                     await asyncio.sleep(0)
             if batch:
                 self._measure(batch[-1])
