@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> falcon.asgi.App[Any, Any]:
         interval=settings.feed_interval,
         cache_bytes=int(settings.cache_mb * 2**20),
         watcher=watcher_for(repository.engine, settings.feed_wakeup),
+        together=transport.pushes_together,
     )
     service = ReportService(repository, feed)
     registry = registry_for(settings)

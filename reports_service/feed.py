@@ -12,6 +12,8 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from . import tasks
@@ -59,8 +61,12 @@ class ChangeFeed:
         interval: float,
         cache_bytes: int = 0,
         watcher: CommitWatcher | None = None,
+        together: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
+        """``together``: a block whose pushes are written together, each subscriber's in one
+        write (transport.pushes_together, where the server allows it)."""
         self._repository = repository
+        self._together = together
         self._interval = interval
         self._subscribers: set[Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
@@ -255,17 +261,17 @@ class ChangeFeed:
             self._cache_bytes = 0
         while True:
             batch = await self._repository.changes_since(self.version, limit=BATCH)
-            together, size = 0, 0
-            for change in batch:
-                self._apply(change)
-                together += 1
-                size += len(change.report.title) + len(change.report.content)
-                if self._subscribers and (together == PUSH_TOGETHER or size >= PUSH_BYTES):
-                    # NOTE: let the connections' senders drain between a few changes, so that
-                    #   a burst (one transaction adding many reports) does not overflow a
-                    #   subscriber that keeps up; the changes between are written to each
-                    #   subscriber together (transport.send_now).
-                    together, size = 0, 0
+            for group in _groups(batch):
+                if len(group) == 1:
+                    self._apply(group[0])
+                else:
+                    with self._together():  # NOTE: each subscriber's pushes in one write
+                        for change in group:
+                            self._apply(change)
+                if self._subscribers:
+                    # NOTE: let the connections' senders drain between groups, so that a burst
+                    #   (one transaction adding many reports) does not overflow a subscriber
+                    #   that keeps up.
                     await asyncio.sleep(0)
             if batch:
                 self._measure(batch[-1])
@@ -289,6 +295,20 @@ class ChangeFeed:
         FEED_VERSION.set(last.version)
         FEED_LAG.set((utcnow() - last.changed_at).total_seconds())
         QUEUE_DEPTH.set(max((s.queue_depth for s in self._subscribers), default=0))
+
+
+def _groups(batch: list[Change]) -> Iterator[list[Change]]:
+    """``batch`` in groups of at most PUSH_TOGETHER changes and about PUSH_BYTES characters."""
+    group: list[Change] = []
+    size = 0
+    for change in batch:
+        group.append(change)
+        size += len(change.report.title) + len(change.report.content)
+        if len(group) == PUSH_TOGETHER or size >= PUSH_BYTES:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
 
 def _cost(name: str, report: Report | None) -> int:

@@ -1,7 +1,8 @@
 """The one adapter to other libraries' internals (uvicorn's, Falcon's, aiosqlite's).
 
 It closes with a deadline and drops a connection whose peer stopped reading (`close`,
-`abort`), refuses a handshake with an HTTP status and headers (`deny`: a 401 with
+`abort`), writes pushes at once or several together (`send_now`, `pushes_together`),
+refuses a handshake with an HTTP status and headers (`deny`: a 401 with
 `WWW-Authenticate`), lets an accepted connection go of what only the handshake needed
 (`trim`), ends a connection's pending time (`handshake_done`, see handshake.py), turns
 uvicorn's traceback for a client's invalid UTF-8 into one warning
@@ -20,7 +21,7 @@ import inspect
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from falcon import WebSocketDisconnected
@@ -141,7 +142,7 @@ def _can_send_now() -> bool:
 
 def _send_now_holds() -> bool:
     needed = {"handshake_complete", "close_sent", "disconnected", "writable", "conn"}
-    needed |= {"transport", "send_text", "send_binary", "data_to_send", "loop"}
+    needed |= {"transport", "send_text", "send_binary", "data_to_send"}
     return _uvicorn_send_is_bound() and needed <= _code_words(_uvicorn_class())
 
 
@@ -258,8 +259,8 @@ def send_now(ws: WebSocket, frame: str | bytes) -> bool:
 
     NOTE: what uvicorn's own ASGI send does for a message, without the task switch that each
     subscriber's sender task costs: a change pushed to 10,000 subscribers woke 10,000 tasks.
-    The frame is written at the end of the event loop's iteration, with every other frame
-    sent to that connection in it: one system call for all the changes one read of the
+    Inside ``pushes_together()`` the frame is written when that block ends, with every other
+    frame sent to that connection in it: one system call for all the changes one read of the
     changelog brings (the write is the fan-out's cost: see benchmarks/README.md). Anything
     uvicorn sends on the connection meanwhile writes the frames before it, in order.
     """
@@ -280,31 +281,35 @@ def send_now(ws: WebSocket, frame: str | bytes) -> bool:
         protocol.conn.send_text(frame.encode())
     else:
         protocol.conn.send_binary(frame)
-    _flush_later(protocol)
+    if _held is None:
+        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+    else:
+        _held[protocol] = None
     return True
 
 
-# NOTE: per event loop, the uvicorn protocols with frames not yet written (a dict: in order).
-_UNFLUSHED: dict[asyncio.AbstractEventLoop, dict[Any, None]] = {}
+_held: dict[Any, None] | None = None  # NOTE: inside pushes_together(): protocols to write
 
 
-def _flush_later(protocol: Any) -> None:
-    loop = protocol.loop
-    waiting = _UNFLUSHED.get(loop)
-    if waiting is None:
-        for old in [other for other in list(_UNFLUSHED) if other.is_closed()]:
-            _UNFLUSHED.pop(old, None)
-        waiting = _UNFLUSHED[loop] = {}
-        loop.call_soon(_flush, loop)
-    waiting[protocol] = None
-
-
-def _flush(loop: asyncio.AbstractEventLoop) -> None:
-    for protocol in _UNFLUSHED.pop(loop, {}):
-        if not protocol.transport.is_closing():
-            data = protocol.conn.data_to_send()
-            if data:
-                protocol.transport.write(b"".join(data))
+@contextlib.contextmanager
+def pushes_together() -> Iterator[None]:
+    """Frames sent by send_now() in this block are written at its end, each connection's in
+    one write (the block must not await: other tasks would write in it too)."""
+    global _held
+    if _held is not None:  # NOTE: nested: the outer block writes
+        yield
+        return
+    held: dict[Any, None] = {}
+    _held = held
+    try:
+        yield
+    finally:
+        _held = None
+        for protocol in held:
+            if not protocol.transport.is_closing():
+                data = protocol.conn.data_to_send()
+                if data:
+                    protocol.transport.write(b"".join(data))
 
 
 def abort(ws: WebSocket) -> None:

@@ -111,6 +111,33 @@ async def test_resync_when_history_is_gone(
         assert await recv(ws) == {"type": "resync", "version": 10}
 
 
+async def test_a_transaction_of_many_changes_reaches_every_subscriber_whole_and_in_order(
+    make_server: Callable[..., Server], seeded_repository: ReportRepository
+) -> None:
+    """One read of the changelog brings many changes: they are written to each subscriber in
+    groups (transport.pushes_together), with a put of this process between two of the reads:
+    each subscriber gets every change once, in version order, and the put's reply."""
+    server = make_server(subscriber_queue="10")
+    subscribers = [await connect(server) for _ in range(3)]
+    writer = await connect(server, WRITE_TOKEN)
+    try:
+        for ws in subscribers:
+            assert (await call(ws, {"id": 1, "type": "subscribe"}))["result"]["version"] == 4
+        await seeded_repository.add_reports([NewReport(f"t{n}", f"T{n}", "") for n in range(50)])
+        put = await call(writer, {"id": 2, "type": "put", "name": "after", "title": "After"})
+        assert put["result"]["version"] == 55
+        await seeded_repository.add_reports([NewReport(f"u{n}", f"U{n}", "") for n in range(20)])
+        for ws in subscribers:
+            events = [await recv(ws, within=PUSH_WITHIN) for _ in range(71)]
+            assert [e["version"] for e in events] == list(range(5, 76))
+            names = [e["report"]["name"] for e in events]
+            assert names == [f"t{n}" for n in range(50)] + ["after"] + [f"u{n}" for n in range(20)]
+            assert (await call(ws, {"id": 3, "type": "ping"}))["id"] == 3  # NOTE: nothing more
+    finally:
+        for ws in (*subscribers, writer):
+            await ws.close()
+
+
 async def test_a_replay_longer_than_the_queue_is_paced_and_one_too_long_refused(
     make_server: Callable[..., Server], seeded_repository: ReportRepository
 ) -> None:
