@@ -26,8 +26,8 @@ from .watch import CommitWatcher, watcher_for
 logger = logging.getLogger("reports_service.feed")
 
 BATCH = 500
-# NOTE: the most changes of one read, and about the most characters of them, pushed before
-#   the loop is let go: the second one below what fills uvicorn's write buffer (64 KiB).
+# NOTE: the most changes of one read, and about the most characters of them, pushed together
+#   before the loop is let go; PUSH_BYTES stays below uvicorn's 64 KiB write high-water mark.
 PUSH_TOGETHER = 16
 PUSH_BYTES = 32_768
 RETRY_INTERVAL = 0.5
@@ -262,12 +262,9 @@ class ChangeFeed:
         while True:
             batch = await self._repository.changes_since(self.version, limit=BATCH)
             for group in _groups(batch):
-                if len(group) == 1:
-                    self._apply(group[0])
-                else:
-                    with self._together():  # NOTE: each subscriber's pushes in one write
-                        for change in group:
-                            self._apply(change)
+                with self._together():  # NOTE: each subscriber's pushes in one write
+                    for change in group:
+                        self._apply(change)
                 if self._subscribers:
                     # NOTE: let the connections' senders drain between groups, so that a burst
                     #   (one transaction adding many reports) does not overflow a subscriber

@@ -612,7 +612,7 @@ class ReportRepository:
         head: list[Change] = []
         if self._point_reader is not None and upto is None and names is None and like is None:
             # NOTE: the change feed's read after every commit: the first few in the loop's
-            #   thread (about 10 µs, where a pooled aiosqlite read took about 1.5 ms of CPU),
+            #   thread (40-60 µs, where a pooled aiosqlite read took about 1.5 ms of CPU),
             #   the rest, if there are more, below.
             most = min(limit, LOOP_CHANGES)
             try:

@@ -282,10 +282,17 @@ def send_now(ws: WebSocket, frame: str | bytes) -> bool:
     else:
         protocol.conn.send_binary(frame)
     if _held is None:
-        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+        _write_out(protocol)
     else:
         _held[protocol] = None
     return True
+
+
+def _write_out(protocol: Any) -> None:
+    """Write what ``protocol``'s connection has to send, in one write."""
+    data = protocol.conn.data_to_send()
+    if data:
+        protocol.transport.write(b"".join(data))
 
 
 _held: dict[Any, None] | None = None  # NOTE: inside pushes_together(): protocols to write
@@ -307,9 +314,7 @@ def pushes_together() -> Iterator[None]:
         _held = None
         for protocol in held:
             if not protocol.transport.is_closing():
-                data = protocol.conn.data_to_send()
-                if data:
-                    protocol.transport.write(b"".join(data))
+                _write_out(protocol)
 
 
 def abort(ws: WebSocket) -> None:
