@@ -34,6 +34,11 @@ class Change:
     report: Report
     changed_at: datetime
 
+    def __hash__(self) -> int:
+        # NOTE: the key of event_frame's cache, looked up once per subscriber a change is
+        #   pushed to: the version alone, not the generated hash of every field and the report's.
+        return hash(self.version)
+
 
 @dataclass(frozen=True, slots=True)
 class NewReport:

@@ -1,15 +1,15 @@
-"""The one adapter to other libraries' internals (uvicorn's, Falcon's, aiosqlite's).
+"""The one adapter to other libraries' internals (uvicorn's, websockets', Falcon's, aiosqlite's).
 
 It closes with a deadline and drops a connection whose peer stopped reading (`close`,
-`abort`), writes pushes at once or several together (`send_now`, `pushes_together`),
-refuses a handshake with an HTTP status and headers (`deny`: a 401 with
-`WWW-Authenticate`), lets an accepted connection go of what only the handshake needed
-(`trim`), ends a connection's pending time (`handshake_done`, see handshake.py), turns
-uvicorn's traceback for a client's invalid UTF-8 into one warning
+`abort`), writes pushes at once or several together, each framed once for all its
+subscribers (`send_now`, `pushes_together`), refuses a handshake with an HTTP status and
+headers (`deny`: a 401 with `WWW-Authenticate`), lets an accepted connection go of what only
+the handshake needed (`trim`), ends a connection's pending time (`handshake_done`, see
+handshake.py), turns uvicorn's traceback for a client's invalid UTF-8 into one warning
 (`CLIENT_FAULTS`) and keeps aiosqlite's late worker-thread errors quiet
-(`quiet_late_driver_threads`). None of this is
-public API of those libraries: `check()` looks at start-up whether it still holds and logs
-one line for each saving or guarantee that is off; nothing here fails silently.
+(`quiet_late_driver_threads`). None of this is public API of those libraries: `check()` looks
+at start-up whether it still holds and logs one line for each saving or guarantee that is
+off; nothing here fails silently.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from falcon import WebSocketDisconnected
 from falcon.asgi import Request, WebSocket
 from falcon.asgi.ws import _WebSocketState
 from websockets.datastructures import Headers
-from websockets.protocol import State
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, State
 
 from . import handshake
 from .metrics import count_close
@@ -46,6 +47,7 @@ DENIAL_OFF = "refused handshakes get Falcon's HTTP 403, not a 401 with WWW-Authe
 STREAM_ABORT_OFF = "slow readers of an event stream cannot be dropped with this uvicorn"
 EXIT_UNSEEN = "event streams are not ended when uvicorn stops: it waits its graceful timeout"
 SEND_NOW_OFF = "each push waits for its subscriber's sender task (slower fan-out)"
+FRAME_ONCE_OFF = "each push is framed again for every subscriber (slower fan-out)"
 LATE_THREADS_OFF = "a late error in aiosqlite's worker thread may print a traceback in the CLI"
 HEAD_DEADLINE_OFF = (
     "half-sent request heads are not timed out, nor pending connections capped, with this uvicorn"
@@ -146,6 +148,17 @@ def _send_now_holds() -> bool:
     return _uvicorn_send_is_bound() and needed <= _code_words(_uvicorn_class())
 
 
+@functools.cache
+def _can_frame_once() -> bool:
+    return _holds(_frame_once_holds)
+
+
+def _frame_once_holds() -> bool:
+    # NOTE: what websockets' Protocol.send_text and send_frame do, and data_to_send reads
+    needed = {"writes", "extensions", "debug", "expect_continuation_frame", "_state"}
+    return needed <= _code_words(Protocol) and "writes" in Protocol.data_to_send.__code__.co_names
+
+
 def _stream_abort_holds() -> bool:
     from uvicorn.protocols.http import h11_impl, httptools_impl
 
@@ -212,6 +225,7 @@ def _head_deadline_holds() -> bool:
 _PROBES: list[tuple[str, Callable[[], bool]]] = [
     (ABORT_OFF, _abort_holds),
     (SEND_NOW_OFF, _send_now_holds),
+    (FRAME_ONCE_OFF, _frame_once_holds),
     (HANDSHAKE_KEPT, _handshake_holds),
     (HEADERS_KEPT, _headers_hold),
     (RECEIVER_KEPT, _receiver_holds),
@@ -262,7 +276,8 @@ def send_now(ws: WebSocket, frame: str | bytes) -> bool:
     Inside ``pushes_together()`` the frame is written when that block ends, with every other
     frame sent to that connection in it: one system call for all the changes one read of the
     changelog brings (the write is the fan-out's cost: see benchmarks/README.md). Anything
-    uvicorn sends on the connection meanwhile writes the frames before it, in order.
+    uvicorn sends on the connection meanwhile writes the frames before it, in order. A frame
+    pushed to many subscribers in a row is encoded and framed once (`_framed`).
     """
     if ws.closed or not _can_send_now():
         return False
@@ -277,10 +292,14 @@ def send_now(ws: WebSocket, frame: str | bytes) -> bool:
         or protocol.conn.state is not State.OPEN
     ):
         return False
-    if isinstance(frame, str):
-        protocol.conn.send_text(frame.encode())
+    conn = protocol.conn
+    if conn.extensions or conn.debug or conn.expect_continuation_frame or not _can_frame_once():
+        if isinstance(frame, str):  # NOTE: the library frames it: compressed, or logged
+            conn.send_text(frame.encode())
+        else:
+            conn.send_binary(frame)
     else:
-        protocol.conn.send_binary(frame)
+        conn.writes.append(_framed(frame))
     if _held is None:
         _write_out(protocol)
     else:
@@ -293,6 +312,24 @@ def _write_out(protocol: Any) -> None:
     data = protocol.conn.data_to_send()
     if data:
         protocol.transport.write(b"".join(data))
+
+
+_last_framed: tuple[str | bytes | None, bytes] = (None, b"")
+
+
+def _framed(frame: str | bytes) -> bytes:
+    """``frame`` as a server sends it (unmasked, no extension), framed once for all the
+    subscribers it is pushed to in a row: what websockets' send_text would write."""
+    global _last_framed
+    last, framed = _last_framed
+    if last is not frame:  # NOTE: the one kept alive here; frames are immutable
+        if isinstance(frame, str):
+            whole = Frame(Opcode.TEXT, frame.encode())
+        else:
+            whole = Frame(Opcode.BINARY, frame)
+        framed = whole.serialize(mask=False, extensions=[])
+        _last_framed = (frame, framed)
+    return framed
 
 
 _held: dict[Any, None] | None = None  # NOTE: inside pushes_together(): protocols to write

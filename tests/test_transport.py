@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import falcon.asgi
 import falcon.asgi.ws
+import msgpack
 import pytest
 import websockets
 from falcon.testing import ASGIConductor
@@ -22,7 +24,10 @@ from falcon.testing import ASGIConductor
 from reports_service import transport
 from reports_service.app import create_app
 from reports_service.config import Settings
+from reports_service.records import NewReport
+from reports_service.repository import ReportRepository
 
+from .conftest import TOKEN
 from .databases import SQLiteTemplate
 from .inprocess import uvicorn_in_process
 
@@ -85,6 +90,64 @@ def test_a_uvicorn_that_no_longer_keeps_the_handshake_request_is_told(
     monkeypatch.setattr(transport, "_code_words", lambda cls: words(cls) - {"request"})
     assert transport.check() == [transport.HANDSHAKE_KEPT]
     assert logged.warnings() == [f"WARNING {transport.HANDSHAKE_KEPT}"]
+
+
+def test_a_websockets_that_no_longer_frames_as_it_did_is_told(
+    logged: Lines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push is framed once for all its subscribers by appending to websockets'
+    `Protocol.writes`: a release without it is told."""
+    words = transport._code_words
+    monkeypatch.setattr(transport, "_code_words", lambda cls: words(cls) - {"writes"})
+    assert transport.check() == [transport.FRAME_ONCE_OFF]
+    assert logged.warnings() == [f"WARNING {transport.FRAME_ONCE_OFF}"]
+
+
+async def test_a_push_framed_once_reaches_every_kind_of_subscriber_and_compressed_ones_compress(
+    settings: Settings, seeded_repository: ReportRepository
+) -> None:
+    """Each change is framed once for the subscribers it goes to in a row (transport._framed),
+    but a connection that frames its own (compression, as a server run under its own uvicorn
+    options may allow) still does: a JSON, a MessagePack and a compressed subscriber each get
+    every change whole, and the compressed one receives a fraction of the bytes."""
+    big = "all work and no play " * 5_000  # 105,000 characters: a frame with a 64-bit length
+    received = {"plain": 0, "packed": 0}
+    async with uvicorn_in_process(settings, ws_per_message_deflate=True) as port:
+        url = f"ws://127.0.0.1:{port}/reports"
+        clients = {
+            "plain": await websockets.connect(url, compression=None, max_size=None),
+            "binary": await websockets.connect(url, compression=None, max_size=None),
+            "packed": await websockets.connect(url, compression="deflate", max_size=None),
+        }
+        for key, client in clients.items():
+            if key in received:
+                receive = client.protocol.receive_data
+
+                def counting(data: bytes, key: str = key, receive: Any = receive) -> None:
+                    received[key] += len(data)
+                    receive(data)
+
+                client.protocol.receive_data = counting  # type: ignore[assignment,method-assign]
+            await client.send(TOKEN)
+            subscribe = {"id": 1, "type": "subscribe"}
+            await client.send(
+                msgpack.packb(subscribe) if key == "binary" else json.dumps(subscribe)
+            )
+            await asyncio.wait_for(client.recv(), 5)
+        before = dict(received)
+        sizes = [10, 125, 126, 65_535, 65_536, len(big)]
+        reports = [NewReport(f"r{n}", "T", big[:size]) for n, size in enumerate(sizes)]
+        await seeded_repository.add_reports(reports[:3])
+        await seeded_repository.add_reports(reports[3:])
+        for key, client in clients.items():
+            frames = [await asyncio.wait_for(client.recv(), 5) for _ in sizes]
+            events = [msgpack.unpackb(f) if isinstance(f, bytes) else json.loads(f) for f in frames]
+            assert [e["report"]["name"] for e in events] == [r.name for r in reports], key
+            assert [e["report"]["content"] for e in events] == [r.content for r in reports], key
+            assert all(isinstance(f, bytes if key == "binary" else str) for f in frames), key
+            await client.close()
+    plain, packed = (received[k] - before[k] for k in ("plain", "packed"))
+    assert plain > sum(sizes) and packed < plain / 10, (plain, packed)
 
 
 class MovedReceiver:
