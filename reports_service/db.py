@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 #   the busy timeout) instead of failing with "database is locked" when it upgrades a read.
 WRITE_OPTIONS = {"sqlite_begin": "BEGIN IMMEDIATE"}
 SYNCHRONOUS = ("FULL", "NORMAL")
+CONNECT_TIMEOUT = 5.0  # NOTE: seconds, for the connections opened outside the pool
 # NOTE: SQLite checkpoints the WAL when it reaches 1,000 pages (4 MB) by default, and never
 #   shrinks it. On a disk with less than that free the WAL fills it before the checkpoint that
 #   would let it start over, and every write fails until a restart. A checkpoint every 100
@@ -145,6 +146,20 @@ def connect_sqlite(path: str, *, mode: str) -> sqlite3.Connection:
         isolation_level=None,
         check_same_thread=False,
     )
+
+
+async def connect_asyncpg(url: URL) -> Any:
+    """A plain asyncpg connection to the database ``url`` names, outside any pool, with the
+    options of its query as SQLAlchemy's dialect reads them (``ssl=require`` and the like)."""
+    import asyncpg
+
+    # NOTE: as SQLAlchemy's asyncpg dialect reads the URL; two of its options are its adapter's.
+    options: dict[str, Any] = {**url.translate_connect_args(username="user"), **url.query}
+    options.pop("prepared_statement_name_func", None)
+    cached = options.pop("prepared_statement_cache_size", None)
+    if cached is not None:
+        options["statement_cache_size"] = int(cached)
+    return await asyncpg.connect(**options, timeout=CONNECT_TIMEOUT, command_timeout=30)
 
 
 def is_busy(error: sqlite3.Error) -> bool:

@@ -24,6 +24,14 @@ class SchemaNotReady(ServiceError):
     """The database has not been migrated to the schema this code needs."""
 
 
+def from_driver(error: object) -> ServiceError:
+    """The service's error for a driver's error: a missing table means no migration yet."""
+    message = str(error).lower()
+    if "no such table" in message or "does not exist" in message:
+        return SchemaNotReady("the database is not migrated: run `reports-service migrate`")
+    return DatabaseUnavailable.from_error(error)
+
+
 class DuplicateReports(ServiceError):
     """Reports with these names exist already."""
 

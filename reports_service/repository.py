@@ -36,15 +36,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db import WRITE_OPTIONS, is_busy, make_engine, sqlite_writer
 from .errors import (
-    DatabaseUnavailable,
     DuplicateReports,
     DuplicateToken,
-    SchemaNotReady,
-    ServiceError,
     VersionConflict,
+    from_driver,
 )
 from .models import ApiToken, DatabaseEpoch, Report, ReportChange, RevokedSubject, UTCDateTime
-from .point_reader import SQLitePointReader
+from .point_reader import PostgresPointReader, SQLitePointReader
 from .records import MAX_SUBJECT_LENGTH, Change, NewReport, TokenInfo, hash_token, utcnow
 from .records import Report as ReportRecord
 from .watch import CHANNEL
@@ -151,19 +149,11 @@ def _translate_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]
         except exc.IntegrityError:
             raise
         except exc.DBAPIError as error:
-            raise _service_error(error.orig) from error
+            raise from_driver(error.orig) from error
         except (sqlite3.Error, OSError, TimeoutError, exc.TimeoutError) as error:
-            raise _service_error(error) from error
+            raise from_driver(error) from error
 
     return wrapper
-
-
-def _service_error(error: object) -> ServiceError:
-    """The service's error for a driver's error: a missing table means no migration yet."""
-    message = str(error).lower()
-    if "no such table" in message or "does not exist" in message:
-        return SchemaNotReady("the database is not migrated: run `reports-service migrate`")
-    return DatabaseUnavailable.from_error(error)
 
 
 def _to_report(row: Any) -> ReportRecord:
@@ -275,6 +265,11 @@ class ReportRepository:
         self._point_reader: SQLitePointReader | None = None
         if path and path != ":memory:":
             self._point_reader = SQLitePointReader(path, _GET_REPORT, _CHANGES_AFTER)
+        self._pg_reader: PostgresPointReader | None = None
+        if engine.dialect.name == "postgresql":
+            self._pg_reader = PostgresPointReader(
+                engine.url, engine.dialect, _GET_REPORT, _CHANGES_AFTER
+            )
 
     # -- reports ---------------------------------------------------------------------------
 
@@ -289,6 +284,8 @@ class ReportRepository:
                 if not is_busy(error):
                     raise
                 # NOTE: busy (the reader does not wait in the loop): read where waiting is fine
+        if self._pg_reader is not None and not self._pg_reader.busy:
+            return await self._pg_reader.get(name)
         async with self.engine.connect() as conn:
             row = (await conn.execute(_GET_REPORT, {"name": name})).first()
         return None if row is None else _to_report(row)
@@ -610,7 +607,8 @@ class ReportRepository:
         """Changes after ``version`` (up to ``upto``), oldest first; only to ``names`` if given,
         and to names matching one of ``like`` (as in :meth:`recent_reports`)."""
         head: list[Change] = []
-        if self._point_reader is not None and upto is None and names is None and like is None:
+        every = upto is None and names is None and like is None
+        if self._point_reader is not None and every:
             # NOTE: the change feed's read after every commit: the first few in the loop's
             #   thread (40-60 µs, where a pooled aiosqlite read took about 1.5 ms of CPU),
             #   the rest, if there are more, below.
@@ -625,6 +623,8 @@ class ReportRepository:
                 if len(head) < most or most == limit:
                     return head
                 version, limit = head[-1].version, limit - most
+        if self._pg_reader is not None and not self._pg_reader.busy and every:
+            return await self._pg_reader.changes(version, limit)
         stmt = (
             select(changelog)
             .where(changelog.c.version > version)
@@ -766,6 +766,8 @@ class ReportRepository:
             await asyncio.wait([self._drainer])
         if self._point_reader is not None:
             self._point_reader.close()
+        if self._pg_reader is not None:
+            await self._pg_reader.close()
         if self._sync_writer is not None:
             if self._writer_thread is not None:
                 # NOTE: the writer thread's connection is closed in that thread.

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .db import connect_sqlite, is_busy
+from .db import connect_asyncpg, connect_sqlite, is_busy
 from .errors import DatabaseUnavailable
 from .inotify import DirectoryWatch
 
@@ -193,16 +193,8 @@ class PostgresWatcher:
         import asyncpg
 
         await self.close()
-        url = self._url
         try:
-            conn = await asyncpg.connect(
-                host=url.host,
-                port=url.port or 5432,
-                user=url.username,
-                password=url.password,
-                database=url.database,
-                timeout=5,
-            )
+            conn = await connect_asyncpg(self._url)
             await conn.add_listener(CHANNEL, self._on_notify)
         except (TimeoutError, OSError, asyncpg.PostgresError) as error:
             raise DatabaseUnavailable.from_error(error) from error

@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from reports_service.db import sqlite_path
+from reports_service.db import connect_asyncpg, sqlite_path
 from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 
@@ -181,6 +181,41 @@ async def test_postgres_stopped_mid_session(
     names = {report.name for report in await seeded_repository.list_reports()}
     assert {"before", "offline1", "offline2", "after"} <= names
     assert "during" not in names
+
+
+async def test_postgres_closing_the_services_connections_loses_no_query_and_no_change(
+    make_server: Callable[..., Server], db_url: str, db_env: dict[str, str]
+) -> None:
+    """PostgreSQL closes every connection the server has (an administrator's
+    pg_terminate_backend, a failover): the next query the cache cannot answer is answered, and
+    a change another process commits reaches the subscriber. Nobody sees an error."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's connections")
+    server = make_server()
+    writer = await connect(server, WRITE_TOKEN)
+    watcher, version = await subscribe(server)
+    try:
+        got = await call(writer, {"id": 1, "type": "get", "name": "report1"})
+        assert got["result"]["title"] == "Report 1"
+        admin = await connect_asyncpg(make_url(db_url))
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) "
+                "FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        assert killed >= 2, "the server's reader and listener were not connected"
+        got = await call(writer, {"id": 2, "type": "get", "name": "report2"}, within=10)
+        assert got.get("result", {}).get("title") == "Report 2", got
+        code, err = await seed_add(db_env, "after-the-kill")
+        assert code == 0, err
+        event = await next_event(watcher, within=10)
+        assert (event["report"]["name"], event["version"]) == ("after-the-kill", version + 1)
+    finally:
+        await writer.close()
+        await watcher.close()
 
 
 async def test_postgres_outage_during_write_burst(
