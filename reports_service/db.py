@@ -7,7 +7,7 @@ import weakref
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -94,12 +94,13 @@ def make_engine(
             raise DatabaseURLError(
                 f"use postgresql+asyncpg:// for PostgreSQL, not {parsed.drivername}"
             )
-        return create_async_engine(
+        engine = create_async_engine(
             parsed,
-            pool_pre_ping=True,
             connect_args={"timeout": pool_timeout, "command_timeout": 30},
             **kwargs,
         )
+        event.listen(engine.sync_engine, "checkout", _replace_if_closed)
+        return engine
     raise DatabaseURLError(f"unsupported database {parsed.drivername!r}: use SQLite or PostgreSQL")
 
 
@@ -107,6 +108,18 @@ def sqlite_writer(engine: AsyncEngine) -> SQLiteWriter | None:
     """The synchronous engine (sqlite3, same file and settings) that make_engine made beside
     ``engine``, or None (PostgreSQL, SQLite in memory, an engine made elsewhere)."""
     return _SQLITE_WRITERS.get(engine.sync_engine)
+
+
+def _replace_if_closed(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """A pooled PostgreSQL connection the server closed is replaced as it is checked out.
+
+    In place of pool_pre_ping, whose ping on asyncpg is three round trips (BEGIN, the ping,
+    ROLLBACK) per checkout, a write's among them: asyncpg marks a connection closed as soon as
+    the server ends or resets it (a restart, pg_terminate_backend, a failover). On
+    DisconnectionError the pool connects anew (SQLAlchemy's documented recipe).
+    """
+    if record.driver_connection.is_closed():
+        raise exc.DisconnectionError("the database server closed this connection")
 
 
 def _sqlite_recipe(engine: Engine, busy_timeout: float, synchronous: str) -> None:

@@ -187,8 +187,9 @@ async def test_postgres_closing_the_services_connections_loses_no_query_and_no_c
     make_server: Callable[..., Server], db_url: str, db_env: dict[str, str]
 ) -> None:
     """PostgreSQL closes every connection the server has (an administrator's
-    pg_terminate_backend, a failover): the next query the cache cannot answer is answered, and
-    a change another process commits reaches the subscriber. Nobody sees an error."""
+    pg_terminate_backend, a failover): the next query the cache cannot answer is answered, the
+    next write is saved, and changes committed by the server and by another process reach the
+    subscriber. Nobody sees an error."""
     if not db_url.startswith("postgresql"):
         pytest.skip("PostgreSQL's connections")
     server = make_server()
@@ -197,6 +198,9 @@ async def test_postgres_closing_the_services_connections_loses_no_query_and_no_c
     try:
         got = await call(writer, {"id": 1, "type": "get", "name": "report1"})
         assert got["result"]["title"] == "Report 1"
+        put = await call(writer, {"id": "w1", "type": "put", "name": "before", "title": "B"})
+        assert put["result"]["version"] == version + 1
+        assert (await next_event(watcher))["report"]["name"] == "before"
         admin = await connect_asyncpg(make_url(db_url))
         try:
             killed = await admin.fetchval(
@@ -209,10 +213,15 @@ async def test_postgres_closing_the_services_connections_loses_no_query_and_no_c
         assert killed >= 2, "the server's reader and listener were not connected"
         got = await call(writer, {"id": 2, "type": "get", "name": "report2"}, within=10)
         assert got.get("result", {}).get("title") == "Report 2", got
-        code, err = await seed_add(db_env, "after-the-kill")
+        put = await call(writer, {"id": "w2", "type": "put", "name": "after", "title": "A"})
+        assert put.get("result", {}).get("version") == version + 2, put
+        code, err = await seed_add(db_env, "elsewhere")
         assert code == 0, err
-        event = await next_event(watcher, within=10)
-        assert (event["report"]["name"], event["version"]) == ("after-the-kill", version + 1)
+        events = [await next_event(watcher, within=10) for _ in range(2)]
+        assert [(e["report"]["name"], e["version"]) for e in events] == [
+            ("after", version + 2),
+            ("elsewhere", version + 3),
+        ]
     finally:
         await writer.close()
         await watcher.close()
