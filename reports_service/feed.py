@@ -129,15 +129,11 @@ class ChangeFeed:
 
         (Its own PostgreSQL notification may arrive after the writer's reply.) The loop is woken
         too, so this process's subscribers get the change at once. Given the ``change`` it
-        committed, when that is the next version and no read is under way, it is applied and
-        pushed here, without waiting for that read; the read still looks for others' commits.
+        committed, when that is the next version, it is applied and pushed here, without
+        waiting for a read, also while one is under way (the read skips it: it applies only
+        versions after the latest applied); the next read still looks for others' commits.
         """
-        if (
-            change is not None
-            and self.version is not None
-            and change.version == self.version + 1
-            and not self._lock.locked()
-        ):
+        if change is not None and self.version is not None and change.version == self.version + 1:
             self._apply(change)
             self._measure(change)
         self._behind = True
@@ -264,7 +260,8 @@ class ChangeFeed:
             for group in _groups(batch):
                 with self._together():  # NOTE: each subscriber's pushes in one write
                     for change in group:
-                        self._apply(change)
+                        if change.version > self.version:  # NOTE: else written() applied it
+                            self._apply(change)
                 if self._subscribers:
                     # NOTE: let the connections' senders drain between groups, so that a burst
                     #   (one transaction adding many reports) does not overflow a subscriber

@@ -8,7 +8,7 @@ import pytest
 
 from reports_service.config import Settings
 from reports_service.feed import ENTRY_OVERHEAD, ChangeFeed
-from reports_service.records import NewReport
+from reports_service.records import Change, NewReport
 from reports_service.repository import ReportRepository
 from reports_service.watch import PostgresWatcher, watcher_for
 
@@ -77,6 +77,58 @@ async def test_queries_arriving_during_a_catch_up_share_its_read(
         # queued 64 database round trips behind each other, a stall of tens of milliseconds.
         assert reads == 1
     finally:
+        await feed.stop()
+
+
+class Collector:
+    """A subscriber that keeps the versions delivered to it."""
+
+    def __init__(self) -> None:
+        self.versions: list[int] = []
+
+    def deliver(self, change: Change) -> None:
+        self.versions.append(change.version)
+
+    @property
+    def queue_depth(self) -> int:
+        return 0
+
+
+async def test_a_change_this_process_commits_is_pushed_at_once_also_during_a_read(
+    seeded_repository: ReportRepository,
+    other: ReportRepository,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write's own change reaches the subscribers as the write returns, also while the feed
+    is reading the changelog (stalled here, as a slow database round trip would), and only
+    once: the read skips it. A change committed elsewhere during the read follows it."""
+    feed = await started_feed(seeded_repository, cache_bytes=1 << 20)
+    subscriber = Collector()
+    feed.add(subscriber)
+    reading, release = asyncio.Event(), asyncio.Event()
+    changes_since = seeded_repository.changes_since
+
+    async def stalled(*args: object, **kwargs: object) -> object:
+        reading.set()
+        await release.wait()
+        return await changes_since(*args, **kwargs)  # type: ignore[arg-type]
+
+    try:
+        start = feed.version
+        assert start is not None
+        monkeypatch.setattr(seeded_repository, "changes_since", stalled)
+        read = asyncio.create_task(feed.catch_up())
+        await reading.wait()
+        stored, _ = await seeded_repository.put_report(NewReport("mine", "Mine", ""))
+        feed.written(Change(stored.version, "added", stored, stored.updated_at))
+        assert subscriber.versions == [start + 1]
+        await other.add_reports([NewReport("elsewhere", "Elsewhere", "")])
+        release.set()
+        await read
+        assert subscriber.versions == [start + 1, start + 2]
+        assert feed.version == start + 2
+    finally:
+        release.set()
         await feed.stop()
 
 
