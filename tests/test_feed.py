@@ -12,6 +12,7 @@ from reports_service.records import Change, NewReport
 from reports_service.repository import ReportRepository
 from reports_service.watch import PostgresWatcher, watcher_for
 
+from .subscribers import Collector
 from .waiting import eventually
 
 
@@ -80,20 +81,6 @@ async def test_queries_arriving_during_a_catch_up_share_its_read(
         await feed.stop()
 
 
-class Collector:
-    """A subscriber that keeps the versions delivered to it."""
-
-    def __init__(self) -> None:
-        self.versions: list[int] = []
-
-    def deliver(self, change: Change) -> None:
-        self.versions.append(change.version)
-
-    @property
-    def queue_depth(self) -> int:
-        return 0
-
-
 async def test_a_change_this_process_commits_is_pushed_at_once_also_during_a_read(
     seeded_repository: ReportRepository,
     other: ReportRepository,
@@ -121,11 +108,11 @@ async def test_a_change_this_process_commits_is_pushed_at_once_also_during_a_rea
         await reading.wait()
         stored, _ = await seeded_repository.put_report(NewReport("mine", "Mine", ""))
         feed.written(Change(stored.version, "added", stored, stored.updated_at))
-        assert subscriber.versions == [start + 1]
+        assert subscriber.versions() == [start + 1]
         await other.add_reports([NewReport("elsewhere", "Elsewhere", "")])
         release.set()
         await read
-        assert subscriber.versions == [start + 1, start + 2]
+        assert subscriber.versions() == [start + 1, start + 2]
         assert feed.version == start + 2
     finally:
         release.set()

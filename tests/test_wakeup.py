@@ -16,32 +16,16 @@ import pytest
 from reports_service import watch
 from reports_service.config import Settings
 from reports_service.feed import ChangeFeed
-from reports_service.records import Change, NewReport
+from reports_service.records import NewReport
 from reports_service.repository import ReportRepository
 from reports_service.watch import CommitWatcher, PostgresWatcher, SQLiteWatcher, watcher_for
 
 from .clients import PUSH_WITHIN, call, connect, next_event
 from .server import Server, run_cli
+from .subscribers import Collector
 from .waiting import eventually
 
 NEVER = 3600.0
-
-
-class Collector:
-    """A subscriber that keeps what it is delivered."""
-
-    def __init__(self) -> None:
-        self.changes: list[Change] = []
-
-    def deliver(self, change: Change) -> None:
-        self.changes.append(change)
-
-    @property
-    def queue_depth(self) -> int:
-        return 0
-
-    def names(self) -> list[str]:
-        return [change.report.name for change in self.changes]
 
 
 @pytest.fixture
