@@ -214,7 +214,9 @@ class PostgresWatcher:
         if not self._polling:
             self._wake()
 
-    def _on_terminate(self, *_args: object) -> None:
+    def _on_terminate(self, conn: object) -> None:
+        if conn is not self._conn:
+            return  # NOTE: closed here (stop, or replaced by a new connection), not lost
         logger.warning("change listener connection lost; reconnecting")
         self._wake()
 

@@ -131,3 +131,19 @@ async def test_killed_listener_loses_no_change(
             await conn.close()
     finally:
         await ws.close()
+
+
+async def test_a_clean_stop_does_not_report_a_lost_listener(
+    make_server: Callable[..., Server], db_url: str
+) -> None:
+    """Stopping the server closes its listener on purpose: the log says nothing of a lost
+    database connection, which an operator would go looking for."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    server = make_server()
+    ws = await subscriber(server)
+    await ws.close()
+    await asyncio.to_thread(server.stop)
+    log = server.log_path.read_text(errors="replace")
+    assert "listening for changes" in log and "Application shutdown complete" in log, log
+    assert "connection lost" not in log, log
